@@ -1,0 +1,107 @@
+//! `careers-analyzer`: the analyzer server and the offline fit command.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use careers_analyzer::telemetry::{self, LogFormat};
+use careers_analyzer::{AnalyzerConfig, Database};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "careers-analyzer",
+    version,
+    about = "Stores LLM item responses and serves their statistics"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gRPC server.
+    Serve {
+        /// Address to listen on.
+        #[arg(
+            long,
+            env = "CAREERS_ANALYZER_LISTEN",
+            default_value = "127.0.0.1:50052"
+        )]
+        listen: SocketAddr,
+        /// SQLite database file for the responses.
+        #[arg(
+            long,
+            env = "CAREERS_ANALYZER_DATABASE",
+            default_value = "careers-data/analyzer.sqlite"
+        )]
+        database: PathBuf,
+        /// Log format.
+        #[arg(long, env = "CAREERS_LOG_FORMAT", value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
+}
+
+async fn serve(listen: SocketAddr, database: PathBuf) -> anyhow::Result<()> {
+    if let Some(dir) = database.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+    }
+    let server = careers_analyzer::start(AnalyzerConfig {
+        listen,
+        database: Database::Sqlite(database),
+    })
+    .await?;
+    let stop = server.shutdown_handle();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop.send(true);
+    });
+    server.wait().await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("careers-analyzer: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Serve {
+            listen,
+            database,
+            log_format,
+        } => {
+            telemetry::init(log_format, "info");
+            runtime.block_on(serve(listen, database))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("careers-analyzer: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,454 @@
+//! The collector's durable journal (SQLite): studies, one task row per
+//! (respondent, language, instrument, item, replication) written before any
+//! LLM is called, each answer committed with its raw text before it is
+//! forwarded, and a `forwarded` mark set only when the analyzer acknowledged
+//! it. A restart resumes from here: answered tasks are never asked again, and
+//! answered-but-unacknowledged ones are resent.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use careers_proto::v1::{ItemResponse, StudySpec, StudyState};
+use futures::TryStreamExt;
+use prost::Message;
+use sqlx::Row;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use crate::study::Task;
+
+/// Journal failures.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// The database failed.
+    #[error("journal database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A stored message did not decode.
+    #[error("journal row {0} does not decode: {1}")]
+    Corrupt(String, prost::DecodeError),
+    /// A study id is taken by a different request.
+    #[error("study {0:?} already exists with a different design")]
+    Conflict(String),
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS studies (
+    study_id    TEXT    PRIMARY KEY,
+    request_id  TEXT    UNIQUE,
+    spec        BLOB    NOT NULL,
+    state       INTEGER NOT NULL,
+    error       TEXT    NOT NULL DEFAULT '',
+    created_ms  INTEGER NOT NULL,
+    updated_ms  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id       TEXT    PRIMARY KEY,
+    study_id      TEXT    NOT NULL,
+    respondent    TEXT    NOT NULL,
+    language      TEXT    NOT NULL,
+    instrument_id TEXT    NOT NULL,
+    item_id       TEXT    NOT NULL,
+    replication   INTEGER NOT NULL,
+    ord           INTEGER NOT NULL,
+    answered      INTEGER NOT NULL DEFAULT 0,
+    invalid       INTEGER NOT NULL DEFAULT 0,
+    forwarded     INTEGER NOT NULL DEFAULT 0,
+    response      BLOB
+);
+CREATE INDEX IF NOT EXISTS tasks_by_study ON tasks (study_id, answered, ord);
+CREATE INDEX IF NOT EXISTS tasks_unforwarded ON tasks (study_id, answered, forwarded);
+"#;
+
+/// A stored study.
+#[derive(Debug, Clone)]
+pub struct StudyRow {
+    /// Study id.
+    pub study_id: String,
+    /// The design.
+    pub spec: StudySpec,
+    /// State.
+    pub state: StudyState,
+    /// Error message for failed studies.
+    pub error: String,
+    /// Creation time, ms since the epoch.
+    pub created_ms: i64,
+    /// Last state change, ms since the epoch.
+    pub updated_ms: i64,
+}
+
+/// Task counts of one respondent x language x instrument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CellCount {
+    /// Respondent.
+    pub respondent: String,
+    /// Language.
+    pub language: String,
+    /// Instrument.
+    pub instrument_id: String,
+    /// Tasks.
+    pub total: u64,
+    /// Answered tasks.
+    pub done: u64,
+    /// Answered with an invalid answer.
+    pub invalid: u64,
+    /// Acknowledged by the analyzer.
+    pub forwarded: u64,
+}
+
+/// The journal; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    pool: SqlitePool,
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn state_from(v: i64) -> StudyState {
+    StudyState::try_from(v as i32).unwrap_or(StudyState::Unspecified)
+}
+
+impl Journal {
+    /// Opens (creating) the journal file.
+    pub async fn open(path: &Path) -> Result<Self, JournalError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(30));
+        Self::with_options(options, 4).await
+    }
+
+    /// A private in-memory journal (tests).
+    pub async fn in_memory() -> Result<Self, JournalError> {
+        Self::with_options(SqliteConnectOptions::from_str("sqlite::memory:")?, 1).await
+    }
+
+    async fn with_options(
+        options: SqliteConnectOptions,
+        connections: u32,
+    ) -> Result<Self, JournalError> {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(connections)
+            .connect_with(options)
+            .await?;
+        sqlx::raw_sql(SCHEMA).execute(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// Records a study, idempotently: the same `request_id` (or the same
+    /// study id with an identical design) returns the existing row; the same
+    /// study id with a different design is a conflict.
+    pub async fn create_study(
+        &self,
+        request_id: &str,
+        spec: &StudySpec,
+    ) -> Result<StudyRow, JournalError> {
+        if !request_id.is_empty() {
+            if let Some(row) = sqlx::query("SELECT study_id FROM studies WHERE request_id = ?")
+                .bind(request_id)
+                .fetch_optional(&self.pool)
+                .await?
+            {
+                let id: String = row.get(0);
+                if let Some(study) = self.study(&id).await? {
+                    return Ok(study);
+                }
+            }
+        }
+        if let Some(existing) = self.study(&spec.name).await? {
+            if existing.spec != *spec {
+                return Err(JournalError::Conflict(spec.name.clone()));
+            }
+            return Ok(existing);
+        }
+        let now = now_ms();
+        let request = if request_id.is_empty() {
+            None
+        } else {
+            Some(request_id)
+        };
+        sqlx::query("INSERT INTO studies (study_id, request_id, spec, state, created_ms, updated_ms) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(&spec.name)
+            .bind(request)
+            .bind(spec.encode_to_vec())
+            .bind(StudyState::Running as i32)
+            .bind(now)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        self.study(&spec.name)
+            .await?
+            .ok_or_else(|| JournalError::Conflict(spec.name.clone()))
+    }
+
+    fn study_row(row: &sqlx::sqlite::SqliteRow) -> Result<StudyRow, JournalError> {
+        let study_id: String = row.get("study_id");
+        let spec_bytes: Vec<u8> = row.get("spec");
+        let spec = StudySpec::decode(spec_bytes.as_slice())
+            .map_err(|e| JournalError::Corrupt(study_id.clone(), e))?;
+        Ok(StudyRow {
+            study_id,
+            spec,
+            state: state_from(row.get("state")),
+            error: row.get("error"),
+            created_ms: row.get("created_ms"),
+            updated_ms: row.get("updated_ms"),
+        })
+    }
+
+    /// One study.
+    pub async fn study(&self, study_id: &str) -> Result<Option<StudyRow>, JournalError> {
+        let row = sqlx::query("SELECT * FROM studies WHERE study_id = ?")
+            .bind(study_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(Self::study_row).transpose()
+    }
+
+    /// Studies newest first, `limit` from `offset`.
+    pub async fn studies(&self, offset: u64, limit: u32) -> Result<Vec<StudyRow>, JournalError> {
+        let rows = sqlx::query(
+            "SELECT * FROM studies ORDER BY created_ms DESC, study_id LIMIT ? OFFSET ?",
+        )
+        .bind(i64::from(limit))
+        .bind(offset as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(Self::study_row).collect()
+    }
+
+    /// Sets a study's state (and error message).
+    pub async fn set_state(
+        &self,
+        study_id: &str,
+        state: StudyState,
+        error: &str,
+    ) -> Result<(), JournalError> {
+        sqlx::query("UPDATE studies SET state = ?, error = ?, updated_ms = ? WHERE study_id = ?")
+            .bind(state as i32)
+            .bind(error)
+            .bind(now_ms())
+            .bind(study_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Writes every task row that is not there yet (one transaction).
+    pub async fn ensure_tasks(&self, study_id: &str, tasks: &[Task]) -> Result<(), JournalError> {
+        let mut tx = self.pool.begin().await?;
+        for chunk in tasks.chunks(1000) {
+            for t in chunk {
+                sqlx::query(
+                    "INSERT INTO tasks (task_id, study_id, respondent, language, instrument_id, item_id, replication, ord) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (task_id) DO NOTHING",
+                )
+                .bind(t.task_id.to_string())
+                .bind(study_id)
+                .bind(&t.respondent)
+                .bind(&t.language)
+                .bind(&t.instrument_id)
+                .bind(&t.item_id)
+                .bind(i64::from(t.replication))
+                .bind(t.order as i64)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Task ids not answered yet, in administration order.
+    pub async fn pending(&self, study_id: &str) -> Result<Vec<String>, JournalError> {
+        let rows = sqlx::query(
+            "SELECT task_id FROM tasks WHERE study_id = ? AND answered = 0 ORDER BY ord",
+        )
+        .bind(study_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Commits answers (one transaction). A task already answered keeps its
+    /// first answer; returns how many rows changed.
+    pub async fn record_answers(&self, responses: &[ItemResponse]) -> Result<u64, JournalError> {
+        let mut tx = self.pool.begin().await?;
+        let mut changed = 0;
+        for r in responses {
+            let invalid = matches!(
+                r.answer,
+                Some(careers_proto::v1::item_response::Answer::Invalid(_))
+            );
+            changed += sqlx::query("UPDATE tasks SET answered = 1, invalid = ?, response = ? WHERE task_id = ? AND answered = 0")
+                .bind(invalid)
+                .bind(r.encode_to_vec())
+                .bind(&r.response_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    /// Marks answers as acknowledged by the analyzer (one transaction).
+    pub async fn mark_forwarded(&self, task_ids: &[String]) -> Result<(), JournalError> {
+        let mut tx = self.pool.begin().await?;
+        for id in task_ids {
+            sqlx::query("UPDATE tasks SET forwarded = 1 WHERE task_id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Answered responses the analyzer has not acknowledged, in order.
+    pub async fn unforwarded(&self, study_id: &str) -> Result<Vec<ItemResponse>, JournalError> {
+        let mut rows = sqlx::query(
+            "SELECT task_id, response FROM tasks WHERE study_id = ? AND answered = 1 AND forwarded = 0 ORDER BY ord",
+        )
+        .bind(study_id)
+        .fetch(&self.pool);
+        let mut out = Vec::new();
+        while let Some(row) = rows.try_next().await? {
+            let id: String = row.get(0);
+            let bytes: Vec<u8> = row.get(1);
+            out.push(
+                ItemResponse::decode(bytes.as_slice()).map_err(|e| JournalError::Corrupt(id, e))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Per-cell counts for a study.
+    pub async fn cell_counts(&self, study_id: &str) -> Result<Vec<CellCount>, JournalError> {
+        let rows = sqlx::query(
+            "SELECT respondent, language, instrument_id, COUNT(*), SUM(answered), SUM(invalid), SUM(forwarded) \
+             FROM tasks WHERE study_id = ? GROUP BY respondent, language, instrument_id \
+             ORDER BY respondent, language, instrument_id",
+        )
+        .bind(study_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| CellCount {
+                respondent: r.get(0),
+                language: r.get(1),
+                instrument_id: r.get(2),
+                total: r.get::<i64, _>(3) as u64,
+                done: r.get::<i64, _>(4) as u64,
+                invalid: r.get::<i64, _>(5) as u64,
+                forwarded: r.get::<i64, _>(6) as u64,
+            })
+            .collect())
+    }
+
+    /// The task row for an id: its key fields.
+    pub async fn task(&self, task_id: &str) -> Result<Option<Task>, JournalError> {
+        let row = sqlx::query(
+            "SELECT respondent, language, instrument_id, item_id, replication, ord FROM tasks WHERE task_id = ?",
+        )
+        .bind(task_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.and_then(|r| {
+            Some(Task {
+                task_id: uuid::Uuid::parse_str(task_id).ok()?,
+                respondent: r.get(0),
+                language: r.get(1),
+                instrument_id: r.get(2),
+                item_id: r.get(3),
+                replication: r.get::<i64, _>(4) as u32,
+                order: r.get::<i64, _>(5) as u64,
+            })
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use careers_proto::v1::item_response::Answer;
+
+    fn task(n: u128) -> Task {
+        Task {
+            task_id: uuid::Uuid::from_u128(n),
+            respondent: "r".into(),
+            language: "en".into(),
+            instrument_id: "i".into(),
+            item_id: format!("X{n}"),
+            replication: 1,
+            order: n as u64,
+        }
+    }
+
+    #[tokio::test]
+    async fn tasks_are_answered_once_and_forwarded_once() {
+        let j = Journal::in_memory().await.expect("journal");
+        let spec = StudySpec {
+            name: "s".into(),
+            replications: 1,
+            ..Default::default()
+        };
+        let a = j.create_study("req-1", &spec).await.expect("create");
+        let b = j.create_study("req-1", &spec).await.expect("idempotent");
+        assert_eq!(a.created_ms, b.created_ms);
+        let other = StudySpec {
+            name: "s".into(),
+            replications: 2,
+            ..Default::default()
+        };
+        assert!(matches!(
+            j.create_study("req-2", &other).await,
+            Err(JournalError::Conflict(_))
+        ));
+
+        let tasks: Vec<Task> = (1..=3).map(task).collect();
+        j.ensure_tasks("s", &tasks).await.expect("tasks");
+        j.ensure_tasks("s", &tasks).await.expect("tasks again");
+        assert_eq!(j.pending("s").await.expect("pending").len(), 3);
+
+        let answer = |n: u128, r: u32| ItemResponse {
+            response_id: uuid::Uuid::from_u128(n).to_string(),
+            answer: Some(Answer::Rating(r)),
+            ..Default::default()
+        };
+        assert_eq!(
+            j.record_answers(&[answer(1, 4), answer(2, 5)])
+                .await
+                .expect("record"),
+            2
+        );
+        // A second answer for a finished task is ignored: the first one stays.
+        assert_eq!(j.record_answers(&[answer(1, 1)]).await.expect("record"), 0);
+        assert_eq!(
+            j.pending("s").await.expect("pending"),
+            vec![uuid::Uuid::from_u128(3).to_string()]
+        );
+        let unforwarded = j.unforwarded("s").await.expect("unforwarded");
+        assert_eq!(unforwarded.len(), 2);
+        assert_eq!(unforwarded[0].answer, Some(Answer::Rating(4)));
+        j.mark_forwarded(&[unforwarded[0].response_id.clone()])
+            .await
+            .expect("mark");
+        assert_eq!(j.unforwarded("s").await.expect("unforwarded").len(), 1);
+        let cells = j.cell_counts("s").await.expect("cells");
+        assert_eq!(
+            (cells[0].total, cells[0].done, cells[0].forwarded),
+            (3, 2, 1)
+        );
+    }
+}

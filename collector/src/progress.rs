@@ -1,0 +1,171 @@
+//! Live progress of a running study, shared by the runner (answers), the
+//! outbox (acknowledgements), the gRPC `WatchStudy` stream and the CLI's
+//! progress bar.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use careers_proto::v1::{ProgressCell, StudyProgress};
+use tokio::sync::watch;
+
+use crate::journal::CellCount;
+
+type CellKey = (String, String, String);
+
+#[derive(Debug, Default)]
+struct State {
+    cells: BTreeMap<CellKey, ProgressCell>,
+    forwarded: u64,
+    rejected: u64,
+    samples: VecDeque<(Instant, u64)>,
+    last_error: String,
+}
+
+/// Progress counters with change notification.
+#[derive(Debug)]
+pub struct Progress {
+    state: Mutex<State>,
+    changed: watch::Sender<u64>,
+}
+
+const RATE_WINDOW: Duration = Duration::from_secs(5);
+
+impl Progress {
+    /// Progress starting from the journal's counts.
+    pub fn from_counts(counts: &[CellCount]) -> Self {
+        let mut state = State::default();
+        for c in counts {
+            state.forwarded += c.forwarded;
+            state.cells.insert(
+                (
+                    c.respondent.clone(),
+                    c.language.clone(),
+                    c.instrument_id.clone(),
+                ),
+                ProgressCell {
+                    respondent: c.respondent.clone(),
+                    language: c.language.clone(),
+                    instrument_id: c.instrument_id.clone(),
+                    done: c.done,
+                    total: c.total,
+                    invalid: c.invalid,
+                    errors: 0,
+                },
+            );
+        }
+        let done = state.cells.values().map(|c| c.done).sum();
+        state.samples.push_back((Instant::now(), done));
+        Self {
+            state: Mutex::new(state),
+            changed: watch::channel(0).0,
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let r = f(&mut guard);
+        drop(guard);
+        self.changed.send_modify(|v| *v += 1);
+        r
+    }
+
+    fn cell<'a>(
+        state: &'a mut State,
+        respondent: &str,
+        language: &str,
+        instrument: &str,
+    ) -> &'a mut ProgressCell {
+        state
+            .cells
+            .entry((
+                respondent.to_string(),
+                language.to_string(),
+                instrument.to_string(),
+            ))
+            .or_insert_with(|| ProgressCell {
+                respondent: respondent.to_string(),
+                language: language.to_string(),
+                instrument_id: instrument.to_string(),
+                ..Default::default()
+            })
+    }
+
+    /// One answer committed to the journal.
+    pub fn answered(&self, respondent: &str, language: &str, instrument: &str, invalid: bool) {
+        self.with(|s| {
+            let c = Self::cell(s, respondent, language, instrument);
+            c.done += 1;
+            c.invalid += u64::from(invalid);
+        });
+    }
+
+    /// One task failed after all retries.
+    pub fn failed(&self, respondent: &str, language: &str, instrument: &str, error: &str) {
+        self.with(|s| {
+            Self::cell(s, respondent, language, instrument).errors += 1;
+            s.last_error = error.to_string();
+        });
+    }
+
+    /// Answers acknowledged by the analyzer (`rejected` of them were refused).
+    pub fn forwarded(&self, n: u64, rejected: u64) {
+        self.with(|s| {
+            s.forwarded += n;
+            s.rejected += rejected;
+        });
+    }
+
+    /// The most recent provider error, if any.
+    pub fn last_error(&self) -> String {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_error
+            .clone()
+    }
+
+    /// Answers the analyzer refused.
+    pub fn rejected(&self) -> u64 {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .rejected
+    }
+
+    /// The wire form, with the recent answer rate.
+    pub fn snapshot(&self) -> StudyProgress {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let cells: Vec<ProgressCell> = s.cells.values().cloned().collect();
+        let done: u64 = cells.iter().map(|c| c.done).sum();
+        let now = Instant::now();
+        s.samples.push_back((now, done));
+        while s.samples.len() > 2
+            && s.samples
+                .front()
+                .is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW)
+        {
+            s.samples.pop_front();
+        }
+        let rate = match (s.samples.front(), s.samples.back()) {
+            (Some((t0, d0)), Some((t1, d1))) if t1 > t0 => {
+                (d1 - d0) as f64 / t1.duration_since(*t0).as_secs_f64()
+            }
+            _ => 0.0,
+        };
+        StudyProgress {
+            done,
+            total: cells.iter().map(|c| c.total).sum(),
+            invalid: cells.iter().map(|c| c.invalid).sum(),
+            errors: cells.iter().map(|c| c.errors).sum(),
+            forwarded: s.forwarded,
+            answers_per_second: rate,
+            cells,
+        }
+    }
+
+    /// A receiver that changes on every update.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+}

@@ -1,0 +1,316 @@
+//! The gRPC `CollectorService`: thin, maps requests to the journal and runner.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use careers_proto::v1::collector_service_server::CollectorService;
+use careers_proto::v1::{
+    CancelStudyRequest, CancelStudyResponse, CreateStudyRequest, CreateStudyResponse,
+    GetStudyRequest, GetStudyResponse, ListInstrumentsRequest, ListInstrumentsResponse,
+    ListStudiesRequest, ListStudiesResponse, Study, StudyState, WatchStudyRequest,
+    WatchStudyResponse,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::error::CollectorError;
+use crate::journal::StudyRow;
+use crate::progress::Progress;
+use crate::runner::{self, RunContext};
+
+#[derive(Debug)]
+struct Running {
+    progress: Arc<Progress>,
+    cancel: watch::Sender<bool>,
+}
+
+/// The collector's shared state.
+#[derive(Debug)]
+pub struct Collector {
+    ctx: RunContext,
+    running: Mutex<HashMap<String, Running>>,
+}
+
+fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
+}
+
+impl Collector {
+    /// State over a run context.
+    pub fn new(ctx: RunContext) -> Arc<Self> {
+        Arc::new(Self {
+            ctx,
+            running: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn study_message(&self, row: StudyRow) -> Result<Study, CollectorError> {
+        let live = self
+            .running()
+            .get(&row.study_id)
+            .map(|r| r.progress.clone());
+        let progress = match live {
+            Some(p) => p.snapshot(),
+            None => Progress::from_counts(&self.ctx.journal.cell_counts(&row.study_id).await?)
+                .snapshot(),
+        };
+        Ok(Study {
+            study_id: row.study_id,
+            spec: Some(row.spec),
+            state: row.state as i32,
+            progress: Some(progress),
+            error: row.error,
+            create_time: Some(timestamp(row.created_ms)),
+            update_time: Some(timestamp(row.updated_ms)),
+        })
+    }
+
+    async fn get(&self, study_id: &str) -> Result<Study, CollectorError> {
+        if study_id.is_empty() {
+            return Err(CollectorError::invalid("study_id", "must not be empty"));
+        }
+        let row = self
+            .ctx
+            .journal
+            .study(study_id)
+            .await?
+            .ok_or_else(|| CollectorError::NotFound(study_id.to_string()))?;
+        self.study_message(row).await
+    }
+
+    /// Creates (or finds) a study and starts it unless it is running or finished.
+    pub async fn create(
+        self: &Arc<Self>,
+        request: CreateStudyRequest,
+    ) -> Result<Study, CollectorError> {
+        if request.request_id.is_empty() {
+            return Err(CollectorError::invalid("request_id", "must not be empty"));
+        }
+        if request.request_id.len() > 256 {
+            return Err(CollectorError::invalid(
+                "request_id",
+                "longer than 256 bytes",
+            ));
+        }
+        let spec = request
+            .spec
+            .ok_or_else(|| CollectorError::invalid("spec", "must be set"))?;
+        let progress = runner::prepare(&self.ctx, &request.request_id, &spec).await?;
+        let row = self
+            .ctx
+            .journal
+            .study(&spec.name)
+            .await?
+            .ok_or_else(|| CollectorError::NotFound(spec.name.clone()))?;
+        let start = {
+            let mut running = self.running();
+            let startable = !running.contains_key(&spec.name)
+                && matches!(row.state, StudyState::Running | StudyState::Unspecified);
+            if startable {
+                let (cancel, cancel_rx) = watch::channel(false);
+                running.insert(
+                    spec.name.clone(),
+                    Running {
+                        progress: progress.clone(),
+                        cancel,
+                    },
+                );
+                Some(cancel_rx)
+            } else {
+                None
+            }
+        };
+        if let Some(cancel_rx) = start {
+            let this = self.clone();
+            let spec = spec.clone();
+            tokio::spawn(async move {
+                let result = runner::run(&this.ctx, &spec, progress, cancel_rx).await;
+                if let Err(e) = &result {
+                    tracing::error!(study = %spec.name, error = %e, "study failed");
+                    let _ = this
+                        .ctx
+                        .journal
+                        .set_state(&spec.name, StudyState::Failed, &e.to_string())
+                        .await;
+                }
+                this.running().remove(&spec.name);
+            });
+        }
+        self.get(&spec.name).await
+    }
+}
+
+/// The gRPC service.
+#[derive(Debug, Clone)]
+pub struct CollectorGrpc {
+    collector: Arc<Collector>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl CollectorGrpc {
+    /// A service over `collector`; watch streams end when `shutdown` turns true.
+    pub fn new(collector: Arc<Collector>, shutdown: watch::Receiver<bool>) -> Self {
+        Self {
+            collector,
+            shutdown,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl CollectorService for CollectorGrpc {
+    type WatchStudyStream = ReceiverStream<Result<WatchStudyResponse, Status>>;
+
+    async fn create_study(
+        &self,
+        request: Request<CreateStudyRequest>,
+    ) -> Result<Response<CreateStudyResponse>, Status> {
+        let study = self.collector.create(request.into_inner()).await?;
+        Ok(Response::new(CreateStudyResponse { study: Some(study) }))
+    }
+
+    async fn get_study(
+        &self,
+        request: Request<GetStudyRequest>,
+    ) -> Result<Response<GetStudyResponse>, Status> {
+        let study = self.collector.get(&request.into_inner().study_id).await?;
+        Ok(Response::new(GetStudyResponse { study: Some(study) }))
+    }
+
+    async fn list_studies(
+        &self,
+        request: Request<ListStudiesRequest>,
+    ) -> Result<Response<ListStudiesResponse>, Status> {
+        let request = request.into_inner();
+        let page_size = match request.page_size {
+            0 => 50,
+            n if n > 1000 => {
+                return Err(
+                    CollectorError::invalid("page_size", format!("{n} is above 1000")).into(),
+                );
+            }
+            n => n,
+        };
+        let offset: u64 = if request.page_token.is_empty() {
+            0
+        } else {
+            request
+                .page_token
+                .strip_prefix("o")
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| {
+                    CollectorError::invalid("page_token", "not a token from this service")
+                })?
+        };
+        let rows = self
+            .collector
+            .ctx
+            .journal
+            .studies(offset, page_size + 1)
+            .await
+            .map_err(CollectorError::from)?;
+        let more = rows.len() > page_size as usize;
+        let mut studies = Vec::new();
+        for row in rows.into_iter().take(page_size as usize) {
+            studies.push(self.collector.study_message(row).await?);
+        }
+        let next_page_token = if more {
+            format!("o{}", offset + u64::from(page_size))
+        } else {
+            String::new()
+        };
+        Ok(Response::new(ListStudiesResponse {
+            studies,
+            next_page_token,
+        }))
+    }
+
+    async fn cancel_study(
+        &self,
+        request: Request<CancelStudyRequest>,
+    ) -> Result<Response<CancelStudyResponse>, Status> {
+        let study_id = request.into_inner().study_id;
+        let study = self.collector.get(&study_id).await?;
+        let cancel = self
+            .collector
+            .running()
+            .get(&study_id)
+            .map(|r| r.cancel.clone());
+        if let Some(cancel) = cancel {
+            let _ = cancel.send(true);
+        }
+        if study.state == StudyState::Running as i32 {
+            self.collector
+                .ctx
+                .journal
+                .set_state(&study_id, StudyState::Cancelled, "")
+                .await
+                .map_err(CollectorError::from)?;
+        }
+        Ok(Response::new(CancelStudyResponse {
+            study: Some(self.collector.get(&study_id).await?),
+        }))
+    }
+
+    async fn watch_study(
+        &self,
+        request: Request<WatchStudyRequest>,
+    ) -> Result<Response<Self::WatchStudyStream>, Status> {
+        let request = request.into_inner();
+        let first = self.collector.get(&request.study_id).await?;
+        let interval = Duration::from_millis(match request.min_interval_ms {
+            0 => 500,
+            ms => u64::from(ms),
+        });
+        let (tx, rx) = mpsc::channel(4);
+        let collector = self.collector.clone();
+        let mut shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let mut study = first;
+            loop {
+                let finished = study.state != StudyState::Running as i32;
+                if tx
+                    .send(Ok(WatchStudyResponse { study: Some(study) }))
+                    .await
+                    .is_err()
+                    || finished
+                {
+                    break;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = tx.closed() => break,
+                    _ = shutdown.wait_for(|s| *s) => break,
+                }
+                study = match collector.get(&request.study_id).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        break;
+                    }
+                };
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn list_instruments(
+        &self,
+        _request: Request<ListInstrumentsRequest>,
+    ) -> Result<Response<ListInstrumentsResponse>, Status> {
+        let instruments = self
+            .collector
+            .ctx
+            .catalog
+            .iter()
+            .map(|i| i.to_proto())
+            .collect();
+        Ok(Response::new(ListInstrumentsResponse { instruments }))
+    }
+}
