@@ -394,15 +394,13 @@ impl Catalog {
                     ));
                 }
             }
-            if let Some(prompt) = file.prompt.get(lang) {
-                if !prompt.contains("{item}") {
-                    return Err(err(
-                        name,
-                        None,
-                        &format!("prompt.{lang}"),
-                        "does not contain {item}",
-                    ));
-                }
+            if file.prompt.get(lang).is_some_and(|p| !p.contains("{item}")) {
+                return Err(err(
+                    name,
+                    None,
+                    &format!("prompt.{lang}"),
+                    "does not contain {item}",
+                ));
             }
             for item in &items {
                 if item.texts.get(lang).is_none_or(|t| t.trim().is_empty()) {

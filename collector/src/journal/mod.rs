@@ -152,16 +152,18 @@ impl Journal {
         request_id: &str,
         spec: &StudySpec,
     ) -> Result<StudyRow, JournalError> {
-        if !request_id.is_empty() {
-            if let Some(row) = sqlx::query("SELECT study_id FROM studies WHERE request_id = ?")
+        let by_request = if request_id.is_empty() {
+            None
+        } else {
+            sqlx::query("SELECT study_id FROM studies WHERE request_id = ?")
                 .bind(request_id)
                 .fetch_optional(&self.pool)
                 .await?
-            {
-                let id: String = row.get(0);
-                if let Some(study) = self.study(&id).await? {
-                    return Ok(study);
-                }
+        };
+        if let Some(row) = by_request {
+            let id: String = row.get(0);
+            if let Some(study) = self.study(&id).await? {
+                return Ok(study);
             }
         }
         if let Some(existing) = self.study(&spec.name).await? {
