@@ -18,6 +18,7 @@ pub mod descriptive;
 pub mod error;
 pub mod server;
 pub mod service;
+pub mod signal;
 pub mod store;
 pub mod summary;
 pub mod telemetry;

@@ -55,27 +55,12 @@ async fn serve(listen: SocketAddr, database: PathBuf) -> anyhow::Result<()> {
     .await?;
     let stop = server.shutdown_handle();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        careers_analyzer::signal::shutdown_signal().await;
         tracing::info!("shutting down");
         let _ = stop.send(true);
     });
     server.wait().await?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 fn main() -> ExitCode {

@@ -250,7 +250,7 @@ async fn serve(cli: &Cli, listen: SocketAddr) -> Result<(), Failure> {
         .context("cannot start the collector")?;
     let stop = server.shutdown_handle();
     tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
+        careers_analyzer::signal::shutdown_signal().await;
         let _ = stop.send(true);
     });
     server.wait().await.context("collector server")?;
