@@ -16,9 +16,11 @@
 pub mod analysis;
 pub mod descriptive;
 pub mod error;
+pub mod fit;
 pub mod server;
 pub mod service;
 pub mod signal;
+pub mod stats;
 pub mod store;
 pub mod summary;
 pub mod telemetry;

@@ -41,6 +41,24 @@ enum Command {
         #[arg(long, env = "CAREERS_LOG_FORMAT", value_enum, default_value = "text")]
         log_format: LogFormat,
     },
+    /// Fit a linear mixed model to a CSV file (lme4 formula syntax).
+    Fit {
+        /// CSV file with a header; factor columns as text, the response as a number.
+        #[arg(long)]
+        data: PathBuf,
+        /// Model formula, e.g. "rating ~ scale * respondent + (1 | item)".
+        #[arg(long)]
+        formula: String,
+        /// Maximum likelihood instead of REML.
+        #[arg(long)]
+        ml: bool,
+        /// Estimated marginal means over these factors, e.g. "scale:respondent".
+        #[arg(long)]
+        emmeans: Option<String>,
+        /// Print one JSON object instead of a readable summary.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 async fn serve(listen: SocketAddr, database: PathBuf) -> anyhow::Result<()> {
@@ -64,7 +82,40 @@ async fn serve(listen: SocketAddr, database: PathBuf) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    if let Command::Fit {
+        data,
+        formula,
+        ml,
+        emmeans,
+        json,
+    } = cli.command
+    {
+        let args = careers_analyzer::fit::FitArgs {
+            data,
+            formula,
+            ml,
+            emmeans,
+            json,
+        };
+        return match careers_analyzer::fit::run_fit(&args) {
+            Ok(out) => {
+                println!("{}", out.trim_end());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("careers-analyzer: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -81,6 +132,7 @@ fn main() -> ExitCode {
             telemetry::init(log_format, "info");
             runtime.block_on(serve(listen, database))
         }
+        Command::Fit { .. } => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
