@@ -7,9 +7,14 @@
 //! ```
 //!
 //! One retry policy lives here ([`RetryPolicy`]); providers never retry.
+//! A transient error is retried after the longer of the backoff and the
+//! server's retry hint. A permanent error (auth, quota, bad request) marks
+//! its respondent failed: its remaining tasks are not asked, the other
+//! respondents go on, and the study ends `FAILED` naming the respondent and
+//! the provider's message.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use careers_proto::scale;
@@ -27,8 +32,11 @@ use crate::instrument::Catalog;
 use crate::journal::{Journal, JournalError};
 use crate::outbox::{self, OutboxError};
 use crate::progress::Progress;
+use crate::provider::anthropic::Anthropic;
+use crate::provider::http::{self, HttpConfig};
+use crate::provider::openai::OpenAi;
 use crate::provider::simulated::Simulated;
-use crate::provider::{Ask, Provider, ProviderError};
+use crate::provider::{Ask, Provider, ProviderError, default_base_url};
 use crate::study::{self, StudyError, Task};
 
 /// Why a run stopped early.
@@ -88,6 +96,13 @@ impl RetryPolicy {
             .min(self.cap);
         exp.mul_f64(rand::rng().random_range(0.5..=1.0))
     }
+
+    /// How long to wait before attempt `attempt + 1` (`attempt` from 0): the
+    /// jittered backoff, but never less than the server's hint.
+    pub fn wait(&self, attempt: u32, hint: Option<Duration>) -> Duration {
+        let backoff = self.backoff(attempt);
+        hint.map_or(backoff, |h| h.max(backoff))
+    }
 }
 
 /// Everything a run needs besides the design.
@@ -109,6 +124,7 @@ fn build_providers(spec: &StudySpec) -> Result<HashMap<String, Arc<dyn Provider>
         let Some(respondent) = &r.respondent else {
             continue;
         };
+        let prefix = format!("respondents[{i}]");
         let provider: Arc<dyn Provider> = match &r.settings {
             Some(respondent_spec::Settings::Simulated(profile)) => Arc::new(
                 Simulated::new(&respondent.name, spec.seed, profile.clone()).map_err(|e| {
@@ -118,11 +134,43 @@ fn build_providers(spec: &StudySpec) -> Result<HashMap<String, Arc<dyn Provider>
                     }
                 })?,
             ),
-            _ => {
+            Some(respondent_spec::Settings::Api(api)) => {
+                let key = http::resolve_key(&respondent.provider, api, &prefix, &|name| {
+                    std::env::var(name).ok()
+                })?;
+                let base_url = if api.base_url.is_empty() {
+                    default_base_url(&respondent.provider).unwrap_or_default()
+                } else {
+                    api.base_url.as_str()
+                };
+                let config = HttpConfig {
+                    provider: respondent.provider.clone(),
+                    model: respondent.model.clone(),
+                    base_url: base_url.to_string(),
+                    key,
+                    temperature: api.temperature,
+                    max_tokens: api.max_tokens,
+                    system: None,
+                    timeout: http::DEFAULT_TIMEOUT,
+                    // No study field asks for log-probabilities yet
+                    // (`ApiSettings` has none).
+                    logprobs: false,
+                };
+                let built = if respondent.provider == "anthropic" {
+                    Anthropic::new(config).map(|p| Arc::new(p) as Arc<dyn Provider>)
+                } else {
+                    OpenAi::new(config).map(|p| Arc::new(p) as Arc<dyn Provider>)
+                };
+                built.map_err(|e| StudyError {
+                    field: format!("{prefix}.provider"),
+                    reason: e.to_string(),
+                })?
+            }
+            None => {
                 return Err(StudyError {
-                    field: format!("respondents[{i}].provider"),
+                    field: format!("{prefix}.settings"),
                     reason: format!(
-                        "provider {:?} is not available yet in this build",
+                        "provider {:?} needs its settings (a simulated profile or API settings)",
                         respondent.provider
                     ),
                 });
@@ -219,6 +267,8 @@ pub async fn run(
     });
 
     let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // Respondents stopped by a permanent error, with the error.
+    let failed_respondents: Mutex<BTreeMap<String, String>> = Mutex::new(BTreeMap::new());
     let concurrency = spec.concurrency.max(1) as usize;
     futures::stream::iter(pending)
         .for_each_concurrent(concurrency, |task_id| {
@@ -229,6 +279,7 @@ pub async fn run(
             let tasks = &tasks;
             let providers = &providers;
             let respondents = &respondents;
+            let failed_respondents = &failed_respondents;
             async move {
                 if *cancel.borrow() {
                     return;
@@ -240,10 +291,25 @@ pub async fn run(
                 let (Some(provider), Some(respondent)) = (providers.get(&task.respondent), respondents.get(&task.respondent)) else {
                     return;
                 };
-                match administer(ctx, spec, task, provider.as_ref(), respondent).await {
+                if is_failed(failed_respondents, &task.respondent) {
+                    return;
+                }
+                match administer(ctx, spec, task, provider.as_ref(), respondent, cancel.clone()).await {
                     Ok(response) => {
                         let _ = answers_tx.send(response).await;
                     }
+                    Err(e @ ProviderError::Permanent(_)) => {
+                        failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        progress.failed(&task.respondent, &task.language, &task.instrument_id, &e.to_string());
+                        let first = match failed_respondents.lock() {
+                            Ok(mut map) => map.insert(task.respondent.clone(), e.to_string()).is_none(),
+                            Err(poisoned) => poisoned.into_inner().insert(task.respondent.clone(), e.to_string()).is_none(),
+                        };
+                        if first {
+                            tracing::error!(respondent = %task.respondent, error = %e, "respondent failed; its remaining tasks are skipped");
+                        }
+                    }
+                    Err(_) if *cancel.borrow() => {}
                     Err(e) => {
                         failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         progress.failed(&task.respondent, &task.language, &task.instrument_id, &e.to_string());
@@ -269,8 +335,20 @@ pub async fn run(
 
     let failed = failed.load(std::sync::atomic::Ordering::Relaxed);
     let remaining = ctx.journal.pending(&spec.name).await?.len();
+    let failed_respondents = failed_respondents
+        .into_inner()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let (state, error) = if remaining == 0 {
         (StudyState::Completed, String::new())
+    } else if !failed_respondents.is_empty() {
+        let which: Vec<String> = failed_respondents
+            .iter()
+            .map(|(name, e)| format!("respondent {name} failed: {e}"))
+            .collect();
+        (
+            StudyState::Failed,
+            format!("{}; {remaining} tasks unanswered", which.join("; ")),
+        )
     } else if *cancel.borrow() {
         (StudyState::Cancelled, String::new())
     } else {
@@ -291,6 +369,13 @@ pub async fn run(
     })
 }
 
+fn is_failed(failed: &Mutex<BTreeMap<String, String>>, respondent: &str) -> bool {
+    match failed.lock() {
+        Ok(map) => map.contains_key(respondent),
+        Err(poisoned) => poisoned.into_inner().contains_key(respondent),
+    }
+}
+
 /// Asks one task, retrying transient errors, and builds its response.
 async fn administer(
     ctx: &RunContext,
@@ -298,6 +383,7 @@ async fn administer(
     task: &Task,
     provider: &dyn Provider,
     respondent: &Respondent,
+    mut cancel: watch::Receiver<bool>,
 ) -> Result<ItemResponse, ProviderError> {
     let instrument = ctx.catalog.get(&task.instrument_id).ok_or_else(|| {
         ProviderError::Permanent(format!("instrument {} vanished", task.instrument_id))
@@ -328,10 +414,24 @@ async fn administer(
         let started = Instant::now();
         match provider.ask(ask.clone()).await {
             Ok(reply) => break (reply, started.elapsed()),
-            Err(ProviderError::Transient(why)) if attempt < ctx.retry.max_attempts => {
-                let wait = ctx.retry.backoff(attempt - 1);
-                tracing::debug!(task = %task.task_id, attempt, %why, wait_ms = wait.as_millis() as u64, "retrying");
-                tokio::time::sleep(wait).await;
+            Err(ProviderError::Transient {
+                message,
+                retry_after,
+            }) if attempt < ctx.retry.max_attempts => {
+                let wait = ctx.retry.wait(attempt - 1, retry_after);
+                tracing::debug!(task = %task.task_id, attempt, error = %message, wait_ms = wait.as_millis() as u64, "retrying");
+                let cancelled = async {
+                    if cancel.wait_for(|c| *c).await.is_err() {
+                        // No one can cancel any more: just wait.
+                        std::future::pending::<()>().await;
+                    }
+                };
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = cancelled => {
+                        return Err(ProviderError::transient(format!("cancelled while waiting to retry: {message}")));
+                    }
+                }
             }
             Err(e) => return Err(e),
         }
@@ -354,7 +454,7 @@ async fn administer(
         replication: task.replication,
         answer: Some(answer),
         raw_text: reply.text,
-        option_probabilities: Vec::new(),
+        option_probabilities: reply.option_probabilities,
         tokens: Some(TokenUsage {
             input_tokens: reply.input_tokens,
             output_tokens: reply.output_tokens,
@@ -363,4 +463,27 @@ async fn administer(
         answered_at: Some(prost_types::Timestamp::from(SystemTime::now())),
         attempt,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_at_least_the_servers_hint() {
+        let policy = RetryPolicy {
+            max_attempts: 3,
+            base: Duration::from_millis(10),
+            cap: Duration::from_millis(40),
+        };
+        for attempt in 0..8 {
+            let plain = policy.wait(attempt, None);
+            assert!(plain <= Duration::from_millis(40), "{plain:?}");
+            assert!(plain >= Duration::from_millis(5), "{plain:?}");
+            let hinted = policy.wait(attempt, Some(Duration::from_secs(2)));
+            assert!(hinted >= Duration::from_secs(2), "{hinted:?}");
+            let small = policy.wait(attempt, Some(Duration::from_millis(1)));
+            assert!(small >= Duration::from_millis(5), "{small:?}");
+        }
+    }
 }

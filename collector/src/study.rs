@@ -15,7 +15,7 @@ use careers_proto::v1::{
 use serde::Deserialize;
 
 use crate::instrument::Catalog;
-use crate::provider::{KNOWN_PROVIDERS, simulated};
+use crate::provider::{KNOWN_PROVIDERS, http, simulated};
 
 /// A problem in a study, named by field path (`respondents[1].simulated.interest`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -219,8 +219,18 @@ fn check_name(field: &str, value: &str) -> Result<(), StudyError> {
     Ok(())
 }
 
-/// Validates a spec against the instruments and providers this collector has.
+/// Validates a spec against the instruments and providers this collector has,
+/// reading API keys from this process's environment (or their files).
 pub fn validate(spec: &StudySpec, catalog: &Catalog) -> Result<(), StudyError> {
+    validate_with_env(spec, catalog, &|name| std::env::var(name).ok())
+}
+
+/// [`validate`] with environment variables looked up through `env`.
+pub fn validate_with_env(
+    spec: &StudySpec,
+    catalog: &Catalog,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), StudyError> {
     check_name("name", &spec.name)?;
     if spec.replications == 0 {
         return Err(bad("replications", "must be at least 1"));
@@ -316,7 +326,28 @@ pub fn validate(spec: &StudySpec, catalog: &Catalog) -> Result<(), StudyError> {
                     "a simulated respondent needs a profile",
                 ));
             }
-            _ => {}
+            Some(respondent_spec::Settings::Api(api)) => {
+                let url = &api.base_url;
+                if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(bad(
+                        format!("{prefix}.base_url"),
+                        format!("{:?} is not an http:// or https:// URL", api.base_url),
+                    ));
+                }
+                if respondent.model.is_empty() {
+                    return Err(bad(
+                        format!("{prefix}.model"),
+                        "an HTTP provider needs a model",
+                    ));
+                }
+                http::resolve_key(&respondent.provider, api, &prefix, env)?;
+            }
+            None => {
+                return Err(bad(
+                    format!("{prefix}.api"),
+                    format!("provider {:?} needs API settings", respondent.provider),
+                ));
+            }
         }
     }
     let total = spec.respondents.len() as u64
@@ -409,12 +440,30 @@ mod tests {
     }
 
     #[test]
-    fn live_study_names_the_missing_provider() {
+    fn live_study_names_the_missing_key() {
         let catalog = Catalog::built_in().expect("catalog");
         let spec = parse_file(LIVE).expect("parses");
-        let e = validate(&spec, &catalog).expect_err("providers not available yet");
-        assert_eq!(e.field, "respondents[0].provider");
-        assert!(e.reason.contains("not available yet"), "{e}");
+        let e = validate_with_env(&spec, &catalog, &|_| None).expect_err("no keys");
+        assert_eq!(
+            e.to_string(),
+            "respondents[0].api_key_env: environment variable OPENAI_API_KEY is not set"
+        );
+        let e = validate_with_env(&spec, &catalog, &|name| {
+            (name != "QIANFAN_API_KEY").then(|| "k".to_string())
+        })
+        .expect_err("one key missing");
+        assert_eq!(e.field, "respondents[2].api_key_env");
+        validate_with_env(&spec, &catalog, &|_| Some("k".into())).expect("all keys set");
+        let mut bad_url = spec.clone();
+        if let Some(respondent_spec::Settings::Api(api)) = &mut bad_url.respondents[1].settings {
+            api.base_url = "ftp://x".into();
+        }
+        assert_eq!(
+            validate_with_env(&bad_url, &catalog, &|_| Some("k".into()))
+                .expect_err("bad url")
+                .field,
+            "respondents[1].base_url"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ const PAPER: &str = include_str!("../studies/paper-simulated.toml");
 fn collector() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_careers-collector"));
     cmd.env_remove("CAREERS_ANALYZER_URL")
+        .env_remove("OPENAI_API_KEY")
         .env("RUST_LOG", "error");
     cmd
 }
@@ -103,7 +104,10 @@ fn bad_study_files_exit_2_with_one_line_naming_the_problem() {
     let e = bad_input(&PAPER.replacen("noise_sd = 0.6", "noise_sd = -1", 1));
     assert!(e.contains("respondents[0].simulated.noise_sd"), "{e}");
     let e = bad_input(include_str!("../studies/paper-live.toml"));
-    assert!(e.contains("not available yet"), "{e}");
+    assert!(
+        e.contains("respondents[0].api_key_env: environment variable OPENAI_API_KEY is not set"),
+        "{e}"
+    );
     let missing = collector()
         .arg("run")
         .arg("/nonexistent/study.toml")

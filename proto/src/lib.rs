@@ -10,10 +10,13 @@
 //!   for the canonical proto3 JSON mapping ([`json`]).
 //! - [`ids`]: deterministic response ids (UUID v5 of the task key).
 //! - [`scale`]: RIASEC letters and helpers shared by both services.
+//! - [`serve`]: putting a service on a listener with health, reflection and
+//!   graceful shutdown (both servers use it).
 
 pub mod ids;
 pub mod json;
 pub mod scale;
+pub mod serve;
 
 /// Generated code for package `careers.v1`.
 #[allow(clippy::all, clippy::unwrap_used, missing_docs)]

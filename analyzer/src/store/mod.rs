@@ -8,7 +8,7 @@
 
 mod sqlite;
 
-pub use sqlite::SqliteStore as Store;
+pub use sqlite::{SqliteStore as Store, durable_options};
 
 use careers_proto::v1::ItemResponse;
 

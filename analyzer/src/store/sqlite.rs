@@ -33,6 +33,18 @@ CREATE TABLE IF NOT EXISTS responses (
 CREATE INDEX IF NOT EXISTS responses_by_study ON responses (study_id, seq);
 "#;
 
+/// Connection settings for a SQLite file that must survive `kill -9` and
+/// power loss: WAL, `synchronous = FULL`, created if missing, and a generous
+/// busy timeout. The collector's journal uses the same settings.
+pub fn durable_options(path: &Path) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(Duration::from_secs(30))
+}
+
 /// The SQLite response store.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -42,13 +54,7 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `path`.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(30));
-        Self::with_options(options).await
+        Self::with_options(durable_options(path)).await
     }
 
     /// Opens a private in-memory database (tests, throwaway runs).

@@ -7,15 +7,13 @@
 
 use std::path::Path;
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use careers_proto::v1::{ItemResponse, StudySpec, StudyState};
 use futures::TryStreamExt;
 use prost::Message;
 use sqlx::Row;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
 use crate::study::Task;
 
@@ -118,13 +116,7 @@ fn state_from(v: i64) -> StudyState {
 impl Journal {
     /// Opens (creating) the journal file.
     pub async fn open(path: &Path) -> Result<Self, JournalError> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(30));
-        Self::with_options(options, 4).await
+        Self::with_options(careers_analyzer::store::durable_options(path), 4).await
     }
 
     /// A private in-memory journal (tests).

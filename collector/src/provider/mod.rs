@@ -3,11 +3,21 @@
 //! never retries (that is the runner's single retry policy).
 //!
 //! - [`simulated`]: the embedded default, seeded and deterministic, no key.
-//! - HTTP APIs (OpenAI-compatible chat, Anthropic Messages) are configured in
-//!   study files but not implemented yet: they fail at study validation with
-//!   "provider not available yet".
+//! - [`openai`]: OpenAI-compatible Chat Completions (OpenAI, Gemini, Qianfan,
+//!   Spark, DeepSeek, Ollama, vLLM, llama.cpp), base URL by provider preset.
+//! - [`anthropic`]: Anthropic Messages.
+//!
+//! [`http`] holds what the HTTP providers share: API keys (read from an
+//! environment variable or a file, never printed), the client, and the
+//! classification of failures into transient (with the server's retry hint)
+//! and permanent.
 
+pub mod anthropic;
+pub mod http;
+pub mod openai;
 pub mod simulated;
+
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 
@@ -41,17 +51,35 @@ pub struct Reply {
     pub input_tokens: u64,
     /// Completion tokens billed.
     pub output_tokens: u64,
+    /// Probabilities of the ratings at the answer's rating token, when the
+    /// provider was asked for log-probabilities (empty otherwise).
+    pub option_probabilities: Vec<careers_proto::v1::OptionProbability>,
 }
 
 /// A provider failure.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProviderError {
-    /// Worth retrying (rate limit, server error, timeout).
-    #[error("transient provider error: {0}")]
-    Transient(String),
+    /// Worth retrying (rate limit, server error, timeout, malformed reply).
+    #[error("transient provider error: {message}")]
+    Transient {
+        /// What went wrong.
+        message: String,
+        /// How long the server asked us to wait, if it said.
+        retry_after: Option<Duration>,
+    },
     /// Not worth retrying (bad request, auth, quota).
     #[error("provider error: {0}")]
     Permanent(String),
+}
+
+impl ProviderError {
+    /// A transient error without a retry hint.
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self::Transient {
+            message: message.into(),
+            retry_after: None,
+        }
+    }
 }
 
 /// A respondent's API.
@@ -63,13 +91,35 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
 /// Providers a study file may name, and whether this build can run them.
 pub const KNOWN_PROVIDERS: &[(&str, bool)] = &[
     ("simulated", true),
-    ("openai", false),
-    ("anthropic", false),
-    ("gemini", false),
-    ("qianfan", false),
-    ("spark", false),
-    ("deepseek", false),
-    ("ollama", false),
-    ("vllm", false),
-    ("llamacpp", false),
+    ("openai", true),
+    ("anthropic", true),
+    ("gemini", true),
+    ("qianfan", true),
+    ("spark", true),
+    ("deepseek", true),
+    ("ollama", true),
+    ("vllm", true),
+    ("llamacpp", true),
 ];
+
+/// The default base URL of an HTTP provider, `None` for unknown names and
+/// `simulated`.
+pub fn default_base_url(provider: &str) -> Option<&'static str> {
+    Some(match provider {
+        "openai" => "https://api.openai.com/v1",
+        "gemini" => "https://generativelanguage.googleapis.com/v1beta/openai",
+        "qianfan" => "https://qianfan.baidubce.com/v2",
+        "spark" => "https://spark-api-open.xf-yun.com/v1",
+        "deepseek" => "https://api.deepseek.com/v1",
+        "ollama" => "http://127.0.0.1:11434/v1",
+        "vllm" => "http://127.0.0.1:8000/v1",
+        "llamacpp" => "http://127.0.0.1:8080/v1",
+        "anthropic" => "https://api.anthropic.com",
+        _ => return None,
+    })
+}
+
+/// Local servers that usually run without an API key.
+pub fn key_optional(provider: &str) -> bool {
+    matches!(provider, "ollama" | "vllm" | "llamacpp")
+}

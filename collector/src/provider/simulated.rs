@@ -200,6 +200,7 @@ impl Provider for Simulated {
                 input_tokens: (ask.prompt.chars().count() as u64).div_ceil(4),
                 output_tokens: (text.chars().count() as u64).div_ceil(4),
                 text,
+                option_probabilities: Vec::new(),
             })
         })
     }

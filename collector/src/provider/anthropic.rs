@@ -1,0 +1,135 @@
+//! Anthropic Messages: `POST {base_url}/v1/messages` with `x-api-key` and
+//! `anthropic-version: 2023-06-01`; `max_tokens` is required (default
+//! [`DEFAULT_MAX_TOKENS`]) and the system prompt is a top-level field.
+
+use std::fmt;
+
+use futures::future::BoxFuture;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::http::{self, HttpConfig};
+use super::{Ask, Provider, ProviderError, Reply};
+
+/// The API version sent with every request.
+pub const API_VERSION: &str = "2023-06-01";
+
+/// `max_tokens` when the study does not set one.
+pub const DEFAULT_MAX_TOKENS: u32 = 256;
+
+/// An Anthropic Messages respondent.
+pub struct Anthropic {
+    config: HttpConfig,
+    url: String,
+    client: reqwest::Client,
+}
+
+impl fmt::Debug for Anthropic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Anthropic")
+            .field("config", &self.config)
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct MessagesResponse {
+    content: Vec<Block>,
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Block {
+    #[serde(default, rename = "type")]
+    kind: String,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Usage {
+    #[serde(default)]
+    input_tokens: u64,
+    #[serde(default)]
+    output_tokens: u64,
+}
+
+impl Anthropic {
+    /// A respondent with this configuration.
+    pub fn new(config: HttpConfig) -> Result<Self, ProviderError> {
+        Ok(Self {
+            url: config.endpoint("v1/messages"),
+            client: config.client()?,
+            config,
+        })
+    }
+
+    fn body(&self, prompt: &str) -> Value {
+        let max_tokens = if self.config.max_tokens > 0 {
+            self.config.max_tokens
+        } else {
+            DEFAULT_MAX_TOKENS
+        };
+        let mut body = json!({
+            "model": self.config.model,
+            "max_tokens": max_tokens,
+            "temperature": self.config.temperature,
+            "messages": [{"role": "user", "content": prompt}],
+        });
+        if let Some(system) = &self.config.system {
+            body["system"] = json!(system);
+        }
+        body
+    }
+
+    /// Parses a 2xx body.
+    fn reply(&self, body: &str) -> Result<Reply, ProviderError> {
+        let parsed: MessagesResponse = serde_json::from_str(body).map_err(|e| {
+            self.config
+                .malformed(&format!("malformed JSON in the reply: {e}"))
+        })?;
+        let texts: Vec<&str> = parsed
+            .content
+            .iter()
+            .filter(|b| b.kind == "text" || b.kind.is_empty())
+            .filter_map(|b| b.text.as_deref())
+            .collect();
+        if texts.is_empty() {
+            return Err(self.config.malformed("the reply has no text content"));
+        }
+        let usage = parsed.usage.unwrap_or_default();
+        Ok(Reply {
+            text: texts.join(""),
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+            option_probabilities: Vec::new(),
+        })
+    }
+}
+
+impl Provider for Anthropic {
+    fn ask<'a>(&'a self, ask: Ask<'a>) -> BoxFuture<'a, Result<Reply, ProviderError>> {
+        Box::pin(async move {
+            let mut request = self
+                .client
+                .post(&self.url)
+                .header("anthropic-version", API_VERSION)
+                .json(&self.body(ask.prompt));
+            if let Some(key) = &self.config.key {
+                let mut value =
+                    reqwest::header::HeaderValue::from_str(key.expose()).map_err(|_| {
+                        ProviderError::Permanent(format!(
+                            "{}: the API key holds characters not allowed in an HTTP header",
+                            self.config.provider
+                        ))
+                    })?;
+                value.set_sensitive(true);
+                request = request.header("x-api-key", value);
+            }
+            let body = http::send(&self.config, request).await?;
+            self.reply(&body)
+        })
+    }
+}

@@ -1,0 +1,725 @@
+//! The HTTP providers against a fault-injecting mock server on loopback
+//! (OpenAI Chat Completions and Anthropic Messages wire formats), alone and
+//! through the runner into an in-process analyzer.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, Response, Uri};
+use careers_analyzer::{AnalyzerConfig, Database, RunningAnalyzer};
+use careers_collector::instrument::Catalog;
+use careers_collector::journal::Journal;
+use careers_collector::outbox;
+use careers_collector::provider::anthropic::Anthropic;
+use careers_collector::provider::http::{ApiKey, HttpConfig};
+use careers_collector::provider::openai::OpenAi;
+use careers_collector::provider::{Ask, Provider, ProviderError, Reply};
+use careers_collector::runner::{self, RetryPolicy, RunContext, RunOutcome};
+use careers_collector::study;
+use careers_proto::v1::analyzer_service_client::AnalyzerServiceClient;
+use careers_proto::v1::{
+    ApiSettings, GetSummaryRequest, Respondent, RespondentSpec, StudySpec, StudyState, Summary,
+    respondent_spec,
+};
+
+const KEY: &str = "sk-test-DO-NOT-LEAK-4f1c9a";
+
+// ---------------------------------------------------------------- the mock
+
+#[derive(Debug, Clone)]
+struct MockReply {
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+    body: String,
+    delay: Duration,
+}
+
+fn reply(status: u16, body: &str) -> MockReply {
+    MockReply {
+        status,
+        headers: Vec::new(),
+        body: body.to_string(),
+        delay: Duration::ZERO,
+    }
+}
+
+impl MockReply {
+    fn with(mut self, name: &'static str, value: &str) -> Self {
+        self.headers.push((name, value.to_string()));
+        self
+    }
+}
+
+fn openai_answer(text: &str) -> MockReply {
+    let body = serde_json::json!({
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 42, "completion_tokens": 3, "total_tokens": 45}
+    });
+    reply(200, &body.to_string())
+}
+
+fn anthropic_answer(text: &str) -> MockReply {
+    let body = serde_json::json!({
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": "end_turn",
+        "usage": {"input_tokens": 40, "output_tokens": 2}
+    });
+    reply(200, &body.to_string())
+}
+
+fn unauthorized() -> MockReply {
+    // Servers echo (part of) the key; the collector must not repeat it.
+    reply(
+        401,
+        &format!(
+            r#"{{"error":{{"message":"Incorrect API key provided: {KEY}.","type":"invalid_request_error","code":"invalid_api_key"}}}}"#
+        ),
+    )
+}
+
+fn insufficient_quota() -> MockReply {
+    reply(
+        429,
+        r#"{"error":{"message":"You exceeded your current quota, please check your plan and billing details.","type":"insufficient_quota","code":"insufficient_quota"}}"#,
+    )
+}
+
+#[derive(Debug)]
+struct Seen {
+    path: String,
+    headers: HeaderMap,
+    body: String,
+    at: Instant,
+}
+
+#[derive(Debug, Default)]
+struct MockState {
+    script: Mutex<VecDeque<MockReply>>,
+    fallback: Mutex<Option<MockReply>>,
+    seen: Mutex<Vec<Seen>>,
+}
+
+struct Mock {
+    addr: SocketAddr,
+    state: Arc<MockState>,
+}
+
+impl Mock {
+    /// A server that answers with `script` in order, then with `fallback`.
+    async fn start(script: Vec<MockReply>, fallback: MockReply) -> Self {
+        let state = Arc::new(MockState {
+            script: Mutex::new(script.into()),
+            fallback: Mutex::new(Some(fallback)),
+            seen: Mutex::default(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind mock");
+        let addr = listener.local_addr().expect("mock addr");
+        let app = Router::new().fallback(handle).with_state(state.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { addr, state }
+    }
+
+    fn base_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn requests(&self) -> usize {
+        self.state.seen.lock().expect("seen").len()
+    }
+
+    fn with_seen<T>(&self, f: impl FnOnce(&[Seen]) -> T) -> T {
+        f(&self.state.seen.lock().expect("seen"))
+    }
+}
+
+async fn handle(
+    State(state): State<Arc<MockState>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: String,
+) -> Response<Body> {
+    state.seen.lock().expect("seen").push(Seen {
+        path: uri.path().to_string(),
+        headers,
+        body,
+        at: Instant::now(),
+    });
+    let next = state.script.lock().expect("script").pop_front();
+    let next = next
+        .or_else(|| state.fallback.lock().expect("fallback").clone())
+        .unwrap_or_else(|| reply(500, "script exhausted"));
+    if !next.delay.is_zero() {
+        tokio::time::sleep(next.delay).await;
+    }
+    let mut response = Response::builder()
+        .status(next.status)
+        .header("content-type", "application/json");
+    for (name, value) in &next.headers {
+        response = response.header(*name, value.as_str());
+    }
+    response.body(Body::from(next.body)).expect("mock response")
+}
+
+// ------------------------------------------------------- provider alone
+
+fn config(provider: &str, base_url: &str) -> HttpConfig {
+    HttpConfig {
+        provider: provider.into(),
+        model: "model-1".into(),
+        base_url: base_url.into(),
+        key: Some(ApiKey::new(KEY)),
+        temperature: 0.7,
+        max_tokens: 16,
+        system: Some("You are a survey respondent.".into()),
+        timeout: Duration::from_secs(10),
+        logprobs: false,
+    }
+}
+
+fn options() -> [String; 5] {
+    [
+        "Strongly Dislike",
+        "Dislike",
+        "Unsure",
+        "Like",
+        "Strongly Like",
+    ]
+    .map(String::from)
+}
+
+async fn ask(provider: &dyn Provider) -> Result<Reply, ProviderError> {
+    let options = options();
+    provider
+        .ask(Ask {
+            task_id: uuid::Uuid::from_u128(1),
+            instrument_id: "onet-ip-sf",
+            construct: "interest",
+            item_id: "R1",
+            scale_index: 0,
+            language: "en",
+            prompt: "Build kitchen cabinets. Answer 1-5.",
+            options: &options,
+        })
+        .await
+}
+
+fn hint(e: &ProviderError) -> Option<Duration> {
+    match e {
+        ProviderError::Transient { retry_after, .. } => *retry_after,
+        ProviderError::Permanent(m) => panic!("expected a transient error, got permanent {m}"),
+    }
+}
+
+#[tokio::test]
+async fn openai_faults_are_classified_and_good_answers_parsed() {
+    let mock = Mock::start(
+        vec![
+            reply(429, r#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#)
+                .with("retry-after", "3"),
+            reply(429, "{}").with("retry-after-ms", "250"),
+            reply(429, "{}").with("x-ratelimit-reset-requests", "1s").with("x-ratelimit-reset-tokens", "6m0s"),
+            reply(500, "internal"),
+            reply(502, "<html>bad gateway</html>"),
+            reply(503, r#"{"error":{"message":"overloaded"}}"#).with("retry-after", "1"),
+            reply(504, ""),
+            reply(529, "{}"),
+            reply(200, "{not json"),
+            reply(200, r#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":0}}"#),
+            reply(200, "Sorry, garbage text instead of JSON"),
+        ],
+        openai_answer("4"),
+    )
+    .await;
+    let provider = OpenAi::new(config("openai", &mock.base_url("/v1"))).expect("provider");
+    let mut hints = Vec::new();
+    for _ in 0..11 {
+        let e = ask(&provider).await.expect_err("a fault");
+        assert!(!e.to_string().contains(KEY), "{e}");
+        hints.push(hint(&e));
+    }
+    assert_eq!(
+        hints,
+        vec![
+            Some(Duration::from_secs(3)),
+            Some(Duration::from_millis(250)),
+            Some(Duration::from_secs(360)),
+            None,
+            None,
+            Some(Duration::from_secs(1)),
+            None,
+            None,
+            None,
+            None,
+            None,
+        ]
+    );
+    let good = ask(&provider).await.expect("good answer");
+    assert_eq!(
+        good,
+        Reply {
+            text: "4".into(),
+            input_tokens: 42,
+            output_tokens: 3,
+            option_probabilities: Vec::new(),
+        }
+    );
+    assert_eq!(mock.requests(), 12);
+    mock.with_seen(|seen| {
+        let last = seen.last().expect("a request");
+        assert_eq!(last.path, "/v1/chat/completions");
+        assert_eq!(
+            last.headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok()),
+            Some(format!("Bearer {KEY}").as_str())
+        );
+        let body: serde_json::Value = serde_json::from_str(&last.body).expect("json body");
+        assert_eq!(body["model"], "model-1");
+        assert_eq!(body["temperature"], 0.7);
+        assert_eq!(body["max_tokens"], 16);
+        assert_eq!(body["messages"][0]["role"], "system");
+        assert_eq!(body["messages"][1]["role"], "user");
+        assert_eq!(
+            body["messages"][1]["content"],
+            "Build kitchen cabinets. Answer 1-5."
+        );
+    });
+}
+
+#[tokio::test]
+async fn auth_and_quota_errors_are_permanent() {
+    let mock = Mock::start(
+        vec![
+            unauthorized(),
+            insufficient_quota(),
+            reply(400, r#"{"error":{"message":"bad model"}}"#),
+        ],
+        openai_answer("4"),
+    )
+    .await;
+    let provider = OpenAi::new(config("openai", &mock.base_url("/v1"))).expect("provider");
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        match ask(&provider).await {
+            Err(ProviderError::Permanent(m)) => got.push(m),
+            other => panic!("expected permanent, got {other:?}"),
+        }
+    }
+    assert!(got[0].contains("HTTP 401"), "{}", got[0]);
+    assert!(
+        got[0].contains("Incorrect API key provided: [redacted]"),
+        "{}",
+        got[0]
+    );
+    assert!(got[1].contains("insufficient_quota"), "{}", got[1]);
+    assert!(got[2].contains("HTTP 400: bad model"), "{}", got[2]);
+    for m in &got {
+        assert!(!m.contains(KEY), "{m}");
+    }
+}
+
+#[tokio::test]
+async fn anthropic_wire_format_and_faults() {
+    let mock = Mock::start(
+        vec![
+            reply(529, r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#)
+                .with("retry-after", "2"),
+            reply(200, r#"{"content":[],"usage":{"input_tokens":1,"output_tokens":0}}"#),
+            reply(200, "<html>"),
+            reply(401, r#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#),
+        ],
+        anthropic_answer("Like"),
+    )
+    .await;
+    let mut cfg = config("anthropic", &mock.base_url(""));
+    cfg.max_tokens = 0;
+    let provider = Anthropic::new(cfg).expect("provider");
+    let e = ask(&provider).await.expect_err("overloaded");
+    assert_eq!(hint(&e), Some(Duration::from_secs(2)));
+    assert!(
+        e.to_string().contains("Overloaded (overloaded_error)"),
+        "{e}"
+    );
+    assert_eq!(hint(&ask(&provider).await.expect_err("no content")), None);
+    assert_eq!(hint(&ask(&provider).await.expect_err("not json")), None);
+    match ask(&provider).await {
+        Err(ProviderError::Permanent(m)) => assert!(m.contains("invalid x-api-key"), "{m}"),
+        other => panic!("expected permanent, got {other:?}"),
+    }
+    let good = ask(&provider).await.expect("good");
+    assert_eq!(
+        good,
+        Reply {
+            text: "Like".into(),
+            input_tokens: 40,
+            output_tokens: 2,
+            option_probabilities: Vec::new(),
+        }
+    );
+    mock.with_seen(|seen| {
+        assert_eq!(seen.len(), 5);
+        let last = seen.last().expect("a request");
+        assert_eq!(last.path, "/v1/messages");
+        let header = |n: &str| last.headers.get(n).and_then(|v| v.to_str().ok());
+        assert_eq!(header("x-api-key"), Some(KEY));
+        assert_eq!(header("anthropic-version"), Some("2023-06-01"));
+        assert_eq!(header("authorization"), None);
+        let body: serde_json::Value = serde_json::from_str(&last.body).expect("json body");
+        assert_eq!(body["max_tokens"], 256);
+        assert_eq!(body["system"], "You are a survey respondent.");
+        assert_eq!(body["messages"][0]["role"], "user");
+        assert_eq!(body["model"], "model-1");
+    });
+}
+
+#[tokio::test]
+async fn connection_errors_and_timeouts_are_transient() {
+    let closed = {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        listener.local_addr().expect("addr")
+    };
+    let provider = OpenAi::new(config("openai", &format!("http://{closed}/v1"))).expect("provider");
+    let e = ask(&provider).await.expect_err("refused");
+    assert_eq!(hint(&e), None);
+    assert!(e.to_string().contains("connection failed"), "{e}");
+
+    let mut slow = openai_answer("4");
+    slow.delay = Duration::from_secs(5);
+    let mock = Mock::start(vec![slow], openai_answer("4")).await;
+    let mut cfg = config("openai", &mock.base_url("/v1"));
+    cfg.timeout = Duration::from_millis(300);
+    let provider = OpenAi::new(cfg).expect("provider");
+    let e = ask(&provider).await.expect_err("timeout");
+    assert_eq!(hint(&e), None);
+    assert!(e.to_string().contains("timed out"), "{e}");
+    assert_eq!(ask(&provider).await.expect("then fine").text, "4");
+}
+
+#[tokio::test]
+async fn logprobs_are_requested_and_variants_merged() {
+    let body = serde_json::json!({
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": " 4"},
+            "logprobs": {"content": [{
+                "token": " 4",
+                "logprob": 0.6f64.ln(),
+                "top_logprobs": [
+                    {"token": " 4", "logprob": 0.6f64.ln()},
+                    {"token": "4", "logprob": 0.2f64.ln()},
+                    {"token": " 3", "logprob": 0.125f64.ln()},
+                    {"token": " Like", "logprob": 0.05f64.ln()},
+                    {"token": " 5", "logprob": 0.025f64.ln()}
+                ]
+            }]}
+        }],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 1}
+    });
+    let mock = Mock::start(vec![reply(200, &body.to_string())], openai_answer("4")).await;
+    let mut cfg = config("vllm", &mock.base_url("/v1"));
+    cfg.logprobs = true;
+    let provider = OpenAi::new(cfg).expect("provider");
+    let got = ask(&provider).await.expect("answer");
+    assert_eq!(got.text, " 4");
+    let pairs: Vec<(u32, f64)> = got
+        .option_probabilities
+        .iter()
+        .map(|o| (o.rating, (o.probability * 1000.0).round() / 1000.0))
+        .collect();
+    assert_eq!(pairs, vec![(3, 0.125), (4, 0.8), (5, 0.025)]);
+    // Without logprobs in the reply there are no probabilities.
+    assert!(
+        ask(&provider)
+            .await
+            .expect("answer")
+            .option_probabilities
+            .is_empty()
+    );
+    mock.with_seen(|seen| {
+        let body: serde_json::Value = serde_json::from_str(&seen[0].body).expect("json");
+        assert_eq!(body["logprobs"], true);
+        assert_eq!(body["top_logprobs"], 5);
+    });
+}
+
+#[test]
+fn debug_output_never_shows_the_key() {
+    let cfg = config("openai", "http://127.0.0.1:9/v1");
+    let openai = OpenAi::new(cfg.clone()).expect("provider");
+    let anthropic = Anthropic::new(cfg.clone()).expect("provider");
+    for text in [
+        format!("{cfg:?}"),
+        format!("{openai:?}"),
+        format!("{anthropic:?}"),
+        format!("{:?}", ApiKey::new(KEY)),
+    ] {
+        assert!(!text.contains(KEY), "{text}");
+        assert!(!text.contains("DO-NOT-LEAK"), "{text}");
+    }
+}
+
+// ------------------------------------------------- through the runner
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    dir: std::path::PathBuf,
+    analyzer: RunningAnalyzer,
+    ctx: RunContext,
+    key_file: String,
+}
+
+async fn rig() -> Rig {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    let analyzer = careers_analyzer::start(AnalyzerConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        database: Database::Sqlite(path.join("analyzer.sqlite")),
+    })
+    .await
+    .expect("analyzer starts");
+    let key_file = path.join("key.txt");
+    std::fs::write(&key_file, format!("  {KEY}\n")).expect("key file");
+    let ctx = RunContext {
+        journal: Journal::open(&path.join("collector.sqlite"))
+            .await
+            .expect("journal"),
+        catalog: Arc::new(Catalog::built_in().expect("catalog")),
+        analyzer: outbox::analyzer_channel(&format!("http://{}", analyzer.addr)).expect("channel"),
+        retry: RetryPolicy {
+            max_attempts: 10,
+            base: Duration::from_millis(1),
+            cap: Duration::from_millis(5),
+        },
+    };
+    Rig {
+        _dir: dir,
+        dir: path,
+        analyzer,
+        ctx,
+        key_file: key_file.display().to_string(),
+    }
+}
+
+fn api_respondent(name: &str, provider: &str, base_url: &str, key_file: &str) -> RespondentSpec {
+    RespondentSpec {
+        respondent: Some(Respondent {
+            name: name.into(),
+            provider: provider.into(),
+            model: format!("{name}-model"),
+            version_label: "1".into(),
+            family: provider.into(),
+        }),
+        settings: Some(respondent_spec::Settings::Api(ApiSettings {
+            base_url: base_url.into(),
+            api_key_env: String::new(),
+            api_key_file: key_file.into(),
+            temperature: 1.0,
+            max_tokens: 8,
+        })),
+    }
+}
+
+fn simulated_respondent() -> RespondentSpec {
+    let paper = study::parse_file(include_str!("../studies/paper-simulated.toml"))
+        .expect("paper study parses");
+    paper
+        .respondents
+        .into_iter()
+        .next()
+        .expect("a simulated respondent")
+}
+
+fn small_spec(name: &str, respondents: Vec<RespondentSpec>) -> StudySpec {
+    StudySpec {
+        name: name.into(),
+        respondents,
+        languages: vec!["en".into()],
+        instruments: vec!["onet-ip-sf".into(), "onet-ip-sf-competence".into()],
+        replications: 1,
+        // One request at a time, so the scripted faults hit one task in order.
+        concurrency: 1,
+        seed: 7,
+    }
+}
+
+async fn run_study(rig: &Rig, spec: &StudySpec) -> RunOutcome {
+    let progress = runner::prepare(&rig.ctx, "", spec).await.expect("prepared");
+    let (_cancel, cancel_rx) = tokio::sync::watch::channel(false);
+    runner::run(&rig.ctx, spec, progress, cancel_rx)
+        .await
+        .expect("run ends")
+}
+
+async fn summary(rig: &Rig, study: &str) -> Summary {
+    let mut client = AnalyzerServiceClient::connect(format!("http://{}", rig.analyzer.addr))
+        .await
+        .expect("connect");
+    client
+        .get_summary(GetSummaryRequest {
+            study_id: study.into(),
+        })
+        .await
+        .expect("summary")
+        .into_inner()
+        .summary
+        .expect("summary present")
+}
+
+/// No file the collector wrote (journal, WAL) holds the key.
+fn assert_key_not_stored(dir: &Path) {
+    for entry in std::fs::read_dir(dir).expect("read dir") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().map(|n| n.to_string_lossy().to_string());
+        if name
+            .as_deref()
+            .is_some_and(|n| n.starts_with("collector.sqlite"))
+        {
+            let bytes = std::fs::read(&path).expect("read journal file");
+            assert!(
+                !bytes.windows(KEY.len()).any(|w| w == KEY.as_bytes()),
+                "{} holds the key",
+                path.display()
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_faults_are_retried_and_a_study_lands_exactly() {
+    let rig = rig().await;
+    let openai = Mock::start(
+        vec![
+            reply(429, r#"{"error":{"message":"Rate limit reached"}}"#).with("retry-after", "1"),
+            reply(500, "oops"),
+            reply(503, "unavailable"),
+            reply(529, "{}"),
+            reply(200, "{malformed"),
+            reply(200, r#"{"choices":[]}"#),
+            openai_answer("It depends on the circumstances."),
+        ],
+        openai_answer("4"),
+    )
+    .await;
+    let anthropic = Mock::start(vec![reply(529, "{}")], anthropic_answer("2")).await;
+    let spec = small_spec(
+        "live-mock",
+        vec![
+            api_respondent("gpt", "openai", &openai.base_url("/v1"), &rig.key_file),
+            api_respondent(
+                "claude",
+                "anthropic",
+                &anthropic.base_url(""),
+                &rig.key_file,
+            ),
+        ],
+    );
+    let outcome = run_study(&rig, &spec).await;
+    assert_eq!(outcome.state, StudyState::Completed, "{outcome:?}");
+    assert_eq!((outcome.answered_now, outcome.failed), (240, 0));
+    // 120 tasks each, plus one request per transient fault.
+    assert_eq!(openai.requests(), 120 + 6);
+    assert_eq!(anthropic.requests(), 120 + 1);
+    openai.with_seen(|seen| {
+        // The first task was asked seven times with the same prompt.
+        let first: serde_json::Value = serde_json::from_str(&seen[0].body).expect("json");
+        for s in &seen[1..7] {
+            let again: serde_json::Value = serde_json::from_str(&s.body).expect("json");
+            assert_eq!(again["messages"], first["messages"]);
+        }
+        let second: serde_json::Value = serde_json::from_str(&seen[7].body).expect("json");
+        assert_ne!(second["messages"], first["messages"]);
+        // The retry waited at least the server's retry-after of 1 s.
+        assert!(
+            seen[1].at.duration_since(seen[0].at) >= Duration::from_secs(1),
+            "retried too early"
+        );
+    });
+    let s = summary(&rig, "live-mock").await;
+    assert_eq!(s.responses, 240);
+    assert_eq!((s.valid, s.invalid), (239, 1));
+    let counts = rig
+        .ctx
+        .journal
+        .cell_counts("live-mock")
+        .await
+        .expect("counts");
+    assert_eq!(counts.iter().map(|c| c.done).sum::<u64>(), 240);
+    assert_eq!(counts.iter().map(|c| c.forwarded).sum::<u64>(), 240);
+    assert_key_not_stored(&rig.dir);
+}
+
+async fn permanent_failure_case(name: &str, fault: MockReply, expect: &str) {
+    let rig = rig().await;
+    let mock = Mock::start(vec![fault], openai_answer("4")).await;
+    let spec = small_spec(
+        name,
+        vec![
+            api_respondent("gpt", "openai", &mock.base_url("/v1"), &rig.key_file),
+            simulated_respondent(),
+        ],
+    );
+    let outcome = run_study(&rig, &spec).await;
+    assert_eq!(mock.requests(), 1, "a permanent error is not retried");
+    assert_eq!(outcome.state, StudyState::Failed, "{outcome:?}");
+    assert_eq!(
+        outcome.answered_now, 120,
+        "the simulated respondent goes on"
+    );
+    assert_eq!(outcome.failed, 1);
+    assert!(
+        outcome.error.contains("respondent gpt failed"),
+        "{}",
+        outcome.error
+    );
+    assert!(outcome.error.contains(expect), "{}", outcome.error);
+    assert!(
+        outcome.error.contains("120 tasks unanswered"),
+        "{}",
+        outcome.error
+    );
+    assert!(!outcome.error.contains(KEY), "{}", outcome.error);
+    let row = rig
+        .ctx
+        .journal
+        .study(name)
+        .await
+        .expect("journal")
+        .expect("study row");
+    let row_text = format!("{row:?}");
+    assert!(!row_text.contains(KEY), "{row_text}");
+    assert!(row_text.contains("respondent gpt failed"), "{row_text}");
+    assert_eq!(summary(&rig, name).await.responses, 120);
+    assert_key_not_stored(&rig.dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthorized_fails_the_respondent_without_retry() {
+    permanent_failure_case(
+        "live-401",
+        unauthorized(),
+        "HTTP 401: Incorrect API key provided: [redacted]",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_exhaustion_fails_the_respondent_without_retry() {
+    permanent_failure_case("live-quota", insufficient_quota(), "insufficient_quota").await;
+}
