@@ -8,13 +8,10 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use careers_proto::v1::item_response::Answer;
-use careers_proto::v1::{
-    IngestRequest, IngestResponse, InvalidReason, ItemResponse, Rejection, Scale, Summary,
-};
+use careers_proto::v1::{IngestRequest, IngestResponse, Rejection, Summary};
 use tokio::sync::watch;
 
-use crate::descriptive::{DescriptiveStats, Outcome, ProfileKey};
+use crate::descriptive::DescriptiveStats;
 use crate::error::AnalyzerError;
 use crate::store::Store;
 use crate::summary;
@@ -32,41 +29,12 @@ pub struct Analysis {
     revision: watch::Sender<u64>,
 }
 
-fn profile_key(r: &ItemResponse) -> ProfileKey {
-    ProfileKey {
-        study_id: r.study_id.clone(),
-        instrument_id: r.instrument_id.clone(),
-        respondent: r
-            .respondent
-            .as_ref()
-            .map(|p| p.name.clone())
-            .unwrap_or_default(),
-        language: r.language.clone(),
-    }
-}
-
-fn outcome(r: &ItemResponse) -> Option<Outcome> {
-    let scale = Scale::try_from(r.scale).ok()?;
-    match &r.answer {
-        Some(Answer::Rating(v)) => Some(Outcome::Rating(scale, *v)),
-        Some(Answer::Invalid(inv)) => Some(Outcome::Invalid(
-            scale,
-            InvalidReason::try_from(inv.reason).unwrap_or(InvalidReason::Unspecified),
-        )),
-        None => None,
-    }
-}
-
 impl Analysis {
     /// Opens the state over `store`, replaying every stored response.
     pub async fn open(store: Store) -> Result<Arc<Self>, AnalyzerError> {
         let mut stats = DescriptiveStats::default();
         let replayed = store
-            .replay(|row| {
-                if let Some(o) = outcome(&row.response) {
-                    stats.add(&profile_key(&row.response), o);
-                }
-            })
+            .replay(|row| stats.add_response(&row.response))
             .await?;
         tracing::info!(replayed, "statistics rebuilt from the store");
         let (revision, _) = watch::channel(replayed);
@@ -133,9 +101,7 @@ impl Analysis {
             for (r, is_new) in valid.iter().zip(&inserted) {
                 if *is_new {
                     new += 1;
-                    if let Some(o) = outcome(r) {
-                        stats.add(&profile_key(r), o);
-                    }
+                    stats.add_response(r);
                 }
             }
         }

@@ -3,7 +3,7 @@
 use std::time::SystemTime;
 
 use careers_proto::scale::RIASEC;
-use careers_proto::v1::{InvalidCount, ProfileSummary, ScaleStatistics, Summary};
+use careers_proto::v1::{InvalidCount, ProfileSummary, RespondentUsage, ScaleStatistics, Summary};
 
 use crate::descriptive::DescriptiveStats;
 
@@ -49,5 +49,21 @@ pub fn build(stats: &DescriptiveStats, study_id: &str, revision: u64) -> Summary
         });
     }
     summary.responses = summary.valid + summary.invalid;
+    summary.usage = stats
+        .usage(study_id)
+        .map(|((study, respondent), u)| RespondentUsage {
+            study_id: study.clone(),
+            respondent: respondent.clone(),
+            responses: u.responses,
+            requests: u.requests,
+            retries: u.requests.saturating_sub(u.responses),
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+            latency_p50_ms: u.latency.quantile(0.5),
+            latency_p90_ms: u.latency.quantile(0.9),
+            latency_p99_ms: u.latency.quantile(0.99),
+            latency_max_ms: u.latency.max(),
+        })
+        .collect();
     summary
 }

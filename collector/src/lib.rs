@@ -17,6 +17,8 @@ pub mod answer;
 pub mod error;
 pub mod instrument;
 pub mod journal;
+/// Per-respondent rate limits (token buckets on tokio time).
+pub mod limit;
 pub mod outbox;
 pub mod progress;
 pub mod provider;

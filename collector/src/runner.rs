@@ -12,6 +12,21 @@
 //! its respondent failed: its remaining tasks are not asked, the other
 //! respondents go on, and the study ends `FAILED` naming the respondent and
 //! the provider's message.
+//!
+//! Each respondent has its own queue of pending tasks, worked with its own
+//! concurrency (`ApiSettings.max_concurrency`, else the study's), so a slow or
+//! rate-limited respondent never holds up the others; the study's
+//! `concurrency` bounds the requests in flight over all respondents. Before
+//! each attempt a task waits for its respondent's rate limits ([`crate::limit`]:
+//! requests per minute, and tokens per minute charged with an estimate and
+//! settled with the reported usage), then for a study-wide slot. A server's
+//! retry hint is honoured up to `max_retry_wait_secs` (default 300 s); a
+//! longer hint is capped and logged.
+//!
+//! With log-probabilities, the option probabilities are normalised to sum to
+//! 1, `expected_rating` is their mean, and `rating_source` chooses the rating
+//! the analyzer receives: the parsed text, the most probable option, or the
+//! expected rating rounded to the nearest option.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -20,16 +35,18 @@ use std::time::{Duration, Instant, SystemTime};
 use careers_proto::scale;
 use careers_proto::v1::item_response::Answer;
 use careers_proto::v1::{
-    InvalidAnswer, ItemResponse, Respondent, StudySpec, StudyState, TokenUsage, respondent_spec,
+    InvalidAnswer, ItemResponse, OptionProbability, RatingSource, Respondent, StudySpec,
+    StudyState, TokenUsage, respondent_spec,
 };
 use futures::StreamExt;
 use rand::Rng;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tonic::transport::Channel;
 
 use crate::answer::{self, Parsed};
 use crate::instrument::Catalog;
 use crate::journal::{Journal, JournalError};
+use crate::limit::{self, TokenBucket};
 use crate::outbox::{self, OutboxError};
 use crate::progress::Progress;
 use crate::provider::anthropic::Anthropic;
@@ -118,13 +135,115 @@ pub struct RunContext {
     pub retry: RetryPolicy,
 }
 
-fn build_providers(spec: &StudySpec) -> Result<HashMap<String, Arc<dyn Provider>>, StudyError> {
-    let mut out: HashMap<String, Arc<dyn Provider>> = HashMap::new();
+/// A server's retry hint is honoured up to this long unless the study says
+/// otherwise (`max_retry_wait_secs`).
+pub const DEFAULT_MAX_RETRY_WAIT: Duration = Duration::from_secs(300);
+
+/// How one respondent may be asked: its rate limits, concurrency, retry-hint
+/// cap and rating source.
+#[derive(Debug)]
+pub struct Limits {
+    /// Requests per minute, if limited.
+    pub requests: Option<TokenBucket>,
+    /// Tokens per minute, if limited.
+    pub tokens: Option<TokenBucket>,
+    /// Tasks of this respondent in flight at once; 0 means the study's
+    /// concurrency.
+    pub max_concurrency: u32,
+    /// Longest retry hint honoured.
+    pub max_retry_wait: Duration,
+    /// Which rating the analyzer receives.
+    pub rating_source: RatingSource,
+    /// `max_tokens` as configured (0 when the provider's default).
+    pub max_tokens: u32,
+    /// Characters of the system prompt (part of the token estimate).
+    pub system_chars: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            requests: None,
+            tokens: None,
+            max_concurrency: 0,
+            max_retry_wait: DEFAULT_MAX_RETRY_WAIT,
+            rating_source: RatingSource::Unspecified,
+            max_tokens: 0,
+            system_chars: 0,
+        }
+    }
+}
+
+impl Limits {
+    /// The limits an HTTP respondent's settings ask for.
+    pub fn from_api(api: &careers_proto::v1::ApiSettings) -> Self {
+        Self {
+            requests: TokenBucket::per_minute(api.requests_per_minute),
+            tokens: TokenBucket::per_minute(api.tokens_per_minute),
+            max_concurrency: api.max_concurrency,
+            max_retry_wait: if api.max_retry_wait_secs == 0 {
+                DEFAULT_MAX_RETRY_WAIT
+            } else {
+                Duration::from_secs(u64::from(api.max_retry_wait_secs))
+            },
+            rating_source: RatingSource::try_from(api.rating_source)
+                .unwrap_or(RatingSource::Unspecified),
+            max_tokens: api.max_tokens,
+            system_chars: api.system_prompt.chars().count(),
+        }
+    }
+
+    /// Tasks of this respondent worked at once, given the study's concurrency.
+    pub fn width(&self, study: usize) -> usize {
+        match self.max_concurrency as usize {
+            0 => study,
+            n => n.min(study),
+        }
+    }
+
+    /// The token estimate charged before a request with this prompt.
+    fn estimate(&self, prompt: &str) -> f64 {
+        limit::estimate_tokens(prompt, self.max_tokens) + (self.system_chars as f64 / 4.0).ceil()
+    }
+
+    /// The server's hint, capped at [`Limits::max_retry_wait`] (logged when
+    /// capped).
+    fn cap_hint(&self, hint: Option<Duration>, task: &Task) -> Option<Duration> {
+        hint.map(|h| {
+            if h > self.max_retry_wait {
+                tracing::warn!(
+                    task = %task.task_id,
+                    respondent = %task.respondent,
+                    hint_secs = h.as_secs_f64(),
+                    cap_secs = self.max_retry_wait.as_secs_f64(),
+                    "the server's retry hint is longer than max_retry_wait_secs; capped"
+                );
+                self.max_retry_wait
+            } else {
+                h
+            }
+        })
+    }
+}
+
+/// A respondent ready to be asked.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// The provider.
+    pub provider: Arc<dyn Provider>,
+    /// How it may be asked.
+    pub limits: Limits,
+}
+
+/// Builds every respondent's provider and limits from a (validated) spec.
+pub fn build_providers(spec: &StudySpec) -> Result<HashMap<String, Endpoint>, StudyError> {
+    let mut out: HashMap<String, Endpoint> = HashMap::new();
     for (i, r) in spec.respondents.iter().enumerate() {
         let Some(respondent) = &r.respondent else {
             continue;
         };
         let prefix = format!("respondents[{i}]");
+        let mut limits = Limits::default();
         let provider: Arc<dyn Provider> = match &r.settings {
             Some(respondent_spec::Settings::Simulated(profile)) => Arc::new(
                 Simulated::new(&respondent.name, spec.seed, profile.clone()).map_err(|e| {
@@ -143,6 +262,13 @@ fn build_providers(spec: &StudySpec) -> Result<HashMap<String, Arc<dyn Provider>
                 } else {
                     api.base_url.as_str()
                 };
+                limits = Limits::from_api(api);
+                if api.logprobs && respondent.provider == "anthropic" {
+                    tracing::warn!(
+                        respondent = %respondent.name,
+                        "the Anthropic API returns no log-probabilities; ratings come from the text"
+                    );
+                }
                 let config = HttpConfig {
                     provider: respondent.provider.clone(),
                     model: respondent.model.clone(),
@@ -150,11 +276,13 @@ fn build_providers(spec: &StudySpec) -> Result<HashMap<String, Arc<dyn Provider>
                     key,
                     temperature: api.temperature,
                     max_tokens: api.max_tokens,
-                    system: None,
-                    timeout: http::DEFAULT_TIMEOUT,
-                    // No study field asks for log-probabilities yet
-                    // (`ApiSettings` has none).
-                    logprobs: false,
+                    system: (!api.system_prompt.is_empty()).then(|| api.system_prompt.clone()),
+                    timeout: if api.timeout_secs == 0 {
+                        http::DEFAULT_TIMEOUT
+                    } else {
+                        Duration::from_secs(u64::from(api.timeout_secs))
+                    },
+                    logprobs: api.logprobs,
                 };
                 let built = if respondent.provider == "anthropic" {
                     Anthropic::new(config).map(|p| Arc::new(p) as Arc<dyn Provider>)
@@ -176,7 +304,7 @@ fn build_providers(spec: &StudySpec) -> Result<HashMap<String, Arc<dyn Provider>
                 });
             }
         };
-        out.insert(respondent.name.clone(), provider);
+        out.insert(respondent.name.clone(), Endpoint { provider, limits });
     }
     Ok(out)
 }
@@ -221,7 +349,10 @@ pub async fn run(
         .await?;
     tracing::info!(study = %spec.name, pending = pending.len(), total = tasks.len(), "study running");
 
-    let (answers_tx, mut answers_rx) = mpsc::channel::<ItemResponse>(1024);
+    // Each answer travels with a channel the writer signals once the answer is
+    // committed; a task holds its place until then, so a kill -9 loses at most
+    // one answer per running task (asked, paid for, not yet committed).
+    let (answers_tx, mut answers_rx) = mpsc::channel::<(ItemResponse, oneshot::Sender<()>)>(1024);
     let (live_tx, live_rx) = mpsc::channel::<ItemResponse>(4096);
     let outbox = tokio::spawn(outbox::run(
         ctx.journal.clone(),
@@ -244,7 +375,12 @@ pub async fn run(
                     Err(_) => break,
                 }
             }
+            let (batch, committed): (Vec<ItemResponse>, Vec<oneshot::Sender<()>>) =
+                batch.into_iter().unzip();
             writer_journal.record_answers(&batch).await?;
+            for done in committed {
+                let _ = done.send(());
+            }
             for r in batch {
                 let name = r
                     .respondent
@@ -270,55 +406,39 @@ pub async fn run(
     // Respondents stopped by a permanent error, with the error.
     let failed_respondents: Mutex<BTreeMap<String, String>> = Mutex::new(BTreeMap::new());
     let concurrency = spec.concurrency.max(1) as usize;
-    futures::stream::iter(pending)
-        .for_each_concurrent(concurrency, |task_id| {
-            let cancel = cancel.clone();
-            let answers_tx = answers_tx.clone();
-            let failed = failed.clone();
-            let progress = progress.clone();
-            let tasks = &tasks;
-            let providers = &providers;
-            let respondents = &respondents;
-            let failed_respondents = &failed_respondents;
-            async move {
-                if *cancel.borrow() {
-                    return;
-                }
-                let Some(task) = tasks.get(&task_id) else {
-                    tracing::warn!(%task_id, "journal task not in the study design; skipped");
-                    return;
-                };
-                let (Some(provider), Some(respondent)) = (providers.get(&task.respondent), respondents.get(&task.respondent)) else {
-                    return;
-                };
-                if is_failed(failed_respondents, &task.respondent) {
-                    return;
-                }
-                match administer(ctx, spec, task, provider.as_ref(), respondent, cancel.clone()).await {
-                    Ok(response) => {
-                        let _ = answers_tx.send(response).await;
-                    }
-                    Err(e @ ProviderError::Permanent(_)) => {
-                        failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        progress.failed(&task.respondent, &task.language, &task.instrument_id, &e.to_string());
-                        let first = match failed_respondents.lock() {
-                            Ok(mut map) => map.insert(task.respondent.clone(), e.to_string()).is_none(),
-                            Err(poisoned) => poisoned.into_inner().insert(task.respondent.clone(), e.to_string()).is_none(),
-                        };
-                        if first {
-                            tracing::error!(respondent = %task.respondent, error = %e, "respondent failed; its remaining tasks are skipped");
-                        }
-                    }
-                    Err(_) if *cancel.borrow() => {}
-                    Err(e) => {
-                        failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        progress.failed(&task.respondent, &task.language, &task.instrument_id, &e.to_string());
-                        tracing::warn!(task = %task.task_id, error = %e, "task failed after retries");
-                    }
-                }
-            }
-        })
-        .await;
+    // Requests in flight over the whole study.
+    let slots = Semaphore::new(concurrency);
+    // One queue per respondent, in administration order.
+    let mut queues: Vec<(String, Vec<Task>)> = Vec::new();
+    for task_id in &pending {
+        let Some(task) = tasks.get(task_id) else {
+            tracing::warn!(%task_id, "journal task not in the study design; skipped");
+            continue;
+        };
+        match queues.iter_mut().find(|(name, _)| *name == task.respondent) {
+            Some((_, queue)) => queue.push(task.clone()),
+            None => queues.push((task.respondent.clone(), vec![task.clone()])),
+        }
+    }
+    let shared = Shared {
+        ctx,
+        spec,
+        endpoints: &providers,
+        respondents: &respondents,
+        failed_respondents: &failed_respondents,
+        slots: &slots,
+        cancel: &cancel,
+        answers_tx: &answers_tx,
+        failed: &failed,
+        progress: &progress,
+    };
+    futures::future::join_all(queues.into_iter().map(|(name, queue)| {
+        let width = providers
+            .get(&name)
+            .map_or(concurrency, |e| e.limits.width(concurrency));
+        drain(&shared, queue, width)
+    }))
+    .await;
     drop(answers_tx);
     let answered_now = match writer.await {
         Ok(result) => result?,
@@ -369,6 +489,108 @@ pub async fn run(
     })
 }
 
+/// What every task of a run shares.
+struct Shared<'a> {
+    ctx: &'a RunContext,
+    spec: &'a StudySpec,
+    endpoints: &'a HashMap<String, Endpoint>,
+    respondents: &'a HashMap<String, Respondent>,
+    failed_respondents: &'a Mutex<BTreeMap<String, String>>,
+    slots: &'a Semaphore,
+    cancel: &'a watch::Receiver<bool>,
+    answers_tx: &'a mpsc::Sender<(ItemResponse, oneshot::Sender<()>)>,
+    failed: &'a std::sync::atomic::AtomicU64,
+    progress: &'a Progress,
+}
+
+/// Works one respondent's queue with at most `width` tasks at once.
+async fn drain(shared: &Shared<'_>, queue: Vec<Task>, width: usize) {
+    let mut queue = queue.into_iter();
+    let mut running = futures::stream::FuturesUnordered::new();
+    loop {
+        while running.len() < width.max(1) {
+            match queue.next() {
+                Some(task) => running.push(ask_one(shared, task)),
+                None => break,
+            }
+        }
+        if running.next().await.is_none() {
+            break;
+        }
+    }
+}
+
+/// Asks one task and hands its answer to the writer, or records its failure.
+async fn ask_one(shared: &Shared<'_>, task: Task) {
+    let cancel = shared.cancel;
+    let progress = shared.progress;
+    if *cancel.borrow() {
+        return;
+    }
+    let (Some(endpoint), Some(respondent)) = (
+        shared.endpoints.get(&task.respondent),
+        shared.respondents.get(&task.respondent),
+    ) else {
+        return;
+    };
+    if is_failed(shared.failed_respondents, &task.respondent) {
+        return;
+    }
+    let result = administer(
+        shared.ctx,
+        shared.spec,
+        &task,
+        endpoint,
+        shared.slots,
+        respondent,
+        cancel.clone(),
+    )
+    .await;
+    match result {
+        Ok(response) => {
+            let (done, committed) = oneshot::channel();
+            if shared.answers_tx.send((response, done)).await.is_ok() {
+                // Hold this task's place until its answer is durable.
+                let _ = committed.await;
+            }
+        }
+        Err(e @ ProviderError::Permanent(_)) => {
+            shared
+                .failed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            progress.failed(
+                &task.respondent,
+                &task.language,
+                &task.instrument_id,
+                &e.to_string(),
+            );
+            let first = match shared.failed_respondents.lock() {
+                Ok(mut map) => map.insert(task.respondent.clone(), e.to_string()).is_none(),
+                Err(poisoned) => poisoned
+                    .into_inner()
+                    .insert(task.respondent.clone(), e.to_string())
+                    .is_none(),
+            };
+            if first {
+                tracing::error!(respondent = %task.respondent, error = %e, "respondent failed; its remaining tasks are skipped");
+            }
+        }
+        Err(_) if *cancel.borrow() => {}
+        Err(e) => {
+            shared
+                .failed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            progress.failed(
+                &task.respondent,
+                &task.language,
+                &task.instrument_id,
+                &e.to_string(),
+            );
+            tracing::warn!(task = %task.task_id, error = %e, "task failed after retries");
+        }
+    }
+}
+
 fn is_failed(failed: &Mutex<BTreeMap<String, String>>, respondent: &str) -> bool {
     match failed.lock() {
         Ok(map) => map.contains_key(respondent),
@@ -381,10 +603,13 @@ async fn administer(
     ctx: &RunContext,
     spec: &StudySpec,
     task: &Task,
-    provider: &dyn Provider,
+    endpoint: &Endpoint,
+    slots: &Semaphore,
     respondent: &Respondent,
     mut cancel: watch::Receiver<bool>,
 ) -> Result<ItemResponse, ProviderError> {
+    let provider = endpoint.provider.as_ref();
+    let limits = &endpoint.limits;
     let instrument = ctx.catalog.get(&task.instrument_id).ok_or_else(|| {
         ProviderError::Permanent(format!("instrument {} vanished", task.instrument_id))
     })?;
@@ -408,27 +633,50 @@ async fn administer(
         prompt: &prompt,
         options,
     };
+    let estimate = limits.estimate(&prompt);
     let mut attempt = 0;
     let (reply, latency) = loop {
         attempt += 1;
+        let wait_turn = async {
+            if let Some(bucket) = &limits.requests {
+                bucket.acquire(1.0).await;
+            }
+            if let Some(bucket) = &limits.tokens {
+                bucket.acquire(estimate).await;
+            }
+            slots.acquire().await.ok()
+        };
+        let permit = tokio::select! {
+            permit = wait_turn => permit,
+            () = cancelled(&mut cancel) => {
+                return Err(ProviderError::transient("cancelled while waiting for a rate limit"));
+            }
+        };
         let started = Instant::now();
-        match provider.ask(ask.clone()).await {
-            Ok(reply) => break (reply, started.elapsed()),
+        let result = provider.ask(ask.clone()).await;
+        let latency = started.elapsed();
+        drop(permit);
+        match result {
+            Ok(reply) => {
+                let used = (reply.input_tokens + reply.output_tokens) as f64;
+                if let Some(bucket) = &limits.tokens
+                    && used > 0.0
+                {
+                    bucket.settle(estimate, used);
+                }
+                break (reply, latency);
+            }
             Err(ProviderError::Transient {
                 message,
                 retry_after,
             }) if attempt < ctx.retry.max_attempts => {
-                let wait = ctx.retry.wait(attempt - 1, retry_after);
+                let wait = ctx
+                    .retry
+                    .wait(attempt - 1, limits.cap_hint(retry_after, task));
                 tracing::debug!(task = %task.task_id, attempt, error = %message, wait_ms = wait.as_millis() as u64, "retrying");
-                let cancelled = async {
-                    if cancel.wait_for(|c| *c).await.is_err() {
-                        // No one can cancel any more: just wait.
-                        std::future::pending::<()>().await;
-                    }
-                };
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
-                    () = cancelled => {
+                    () = cancelled(&mut cancel) => {
                         return Err(ProviderError::transient(format!("cancelled while waiting to retry: {message}")));
                     }
                 }
@@ -436,13 +684,16 @@ async fn administer(
             Err(e) => return Err(e),
         }
     };
-    let answer = match answer::parse(&reply.text, &instrument.labels()) {
+    let parsed = match answer::parse(&reply.text, &instrument.labels()) {
         Parsed::Rating(r) => Answer::Rating(r),
         Parsed::Invalid { reason, detail } => Answer::Invalid(InvalidAnswer {
             reason: reason as i32,
             detail,
         }),
     };
+    let probabilities = normalise(reply.option_probabilities);
+    let expected = expected_rating(&probabilities);
+    let answer = choose(parsed, &probabilities, limits.rating_source);
     Ok(ItemResponse {
         response_id: task.task_id.to_string(),
         study_id: spec.name.clone(),
@@ -454,7 +705,8 @@ async fn administer(
         replication: task.replication,
         answer: Some(answer),
         raw_text: reply.text,
-        option_probabilities: reply.option_probabilities,
+        option_probabilities: probabilities,
+        expected_rating: expected.unwrap_or(0.0),
         tokens: Some(TokenUsage {
             input_tokens: reply.input_tokens,
             output_tokens: reply.output_tokens,
@@ -465,9 +717,122 @@ async fn administer(
     })
 }
 
+/// Resolves when the study is cancelled; never if no one can cancel any more.
+async fn cancelled(cancel: &mut watch::Receiver<bool>) {
+    if cancel.wait_for(|c| *c).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The option probabilities scaled to sum to 1 (invalid entries dropped);
+/// empty when there are none or they sum to 0.
+pub fn normalise(options: Vec<OptionProbability>) -> Vec<OptionProbability> {
+    let options: Vec<OptionProbability> = options
+        .into_iter()
+        .filter(|o| {
+            (1..=5).contains(&o.rating) && o.probability.is_finite() && o.probability >= 0.0
+        })
+        .collect();
+    let total: f64 = options.iter().map(|o| o.probability).sum();
+    if !(total.is_finite() && total > 0.0) {
+        return Vec::new();
+    }
+    options
+        .into_iter()
+        .map(|o| OptionProbability {
+            rating: o.rating,
+            probability: (o.probability / total).clamp(0.0, 1.0),
+        })
+        .collect()
+}
+
+/// The expected rating under (normalised) option probabilities.
+pub fn expected_rating(options: &[OptionProbability]) -> Option<f64> {
+    if options.is_empty() {
+        return None;
+    }
+    Some(
+        options
+            .iter()
+            .map(|o| f64::from(o.rating) * o.probability)
+            .sum(),
+    )
+}
+
+/// The answer the analyzer receives: the parsed text unless `source` asks for
+/// a probability-based rating and there are (normalised) probabilities.
+pub fn choose(parsed: Answer, options: &[OptionProbability], source: RatingSource) -> Answer {
+    match source {
+        RatingSource::MostProbable => options
+            .iter()
+            // The first maximum, so a tie goes to the lower rating.
+            .fold(None::<&OptionProbability>, |best, o| match best {
+                Some(b) if b.probability >= o.probability && b.rating < o.rating => Some(b),
+                Some(b) if b.probability > o.probability => Some(b),
+                _ => Some(o),
+            })
+            .map_or(parsed, |o| Answer::Rating(o.rating)),
+        RatingSource::Expected => expected_rating(options).map_or(parsed, |e| {
+            // 1..5 fits u32; round half away from zero.
+            Answer::Rating(e.round().clamp(1.0, 5.0) as u32)
+        }),
+        RatingSource::Sampled | RatingSource::Unspecified => parsed,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn options(pairs: &[(u32, f64)]) -> Vec<OptionProbability> {
+        pairs
+            .iter()
+            .map(|&(rating, probability)| OptionProbability {
+                rating,
+                probability,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ratings_are_chosen_from_normalised_probabilities() {
+        let probs = normalise(options(&[(2, 0.4), (4, 0.45), (5, 0.15), (9, 0.5)]));
+        assert_eq!(probs.len(), 3);
+        let total: f64 = probs.iter().map(|o| o.probability).sum();
+        assert!((total - 1.0).abs() < 1e-12);
+        let e = expected_rating(&probs).expect("expected");
+        assert!((e - 3.35).abs() < 1e-12, "{e}");
+        let text = Answer::Rating(2);
+        assert_eq!(choose(text.clone(), &probs, RatingSource::Sampled), text);
+        assert_eq!(
+            choose(text.clone(), &probs, RatingSource::Unspecified),
+            text
+        );
+        assert_eq!(
+            choose(text.clone(), &probs, RatingSource::MostProbable),
+            Answer::Rating(4)
+        );
+        assert_eq!(
+            choose(text.clone(), &probs, RatingSource::Expected),
+            Answer::Rating(3)
+        );
+        // Sums other than 1 are scaled first: 0.2 / 0.2 is a tie, won by 2.
+        let tie = normalise(options(&[(4, 0.1), (2, 0.1)]));
+        assert!((tie[0].probability - 0.5).abs() < 1e-12);
+        assert_eq!(
+            choose(text.clone(), &tie, RatingSource::MostProbable),
+            Answer::Rating(2)
+        );
+        assert_eq!(
+            choose(text.clone(), &tie, RatingSource::Expected),
+            Answer::Rating(3)
+        );
+        // Without probabilities the text decides.
+        assert!(normalise(options(&[(3, 0.0)])).is_empty());
+        assert_eq!(expected_rating(&[]), None);
+        assert_eq!(choose(text.clone(), &[], RatingSource::Expected), text);
+        assert_eq!(choose(text.clone(), &[], RatingSource::MostProbable), text);
+    }
 
     #[test]
     fn waits_at_least_the_servers_hint() {

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use careers_proto::ids::response_id;
 use careers_proto::scale::{self, RIASEC};
 use careers_proto::v1::{
-    self, ApiSettings, RespondentSpec, SimulatedProfile, StudySpec, respondent_spec,
+    self, ApiSettings, RatingSource, RespondentSpec, SimulatedProfile, StudySpec, respondent_spec,
 };
 use serde::Deserialize;
 
@@ -84,7 +84,67 @@ struct RespondentFile {
     temperature: Option<f64>,
     #[serde(default)]
     max_tokens: Option<u32>,
+    #[serde(default)]
+    system_prompt: Option<String>,
+    #[serde(default)]
+    timeout_secs: Option<u32>,
+    #[serde(default)]
+    logprobs: Option<bool>,
+    #[serde(default)]
+    rating_source: Option<String>,
+    #[serde(default)]
+    requests_per_minute: Option<f64>,
+    #[serde(default)]
+    tokens_per_minute: Option<f64>,
+    #[serde(default)]
+    max_concurrency: Option<u32>,
+    #[serde(default)]
+    max_retry_wait_secs: Option<u32>,
 }
+
+impl RespondentFile {
+    /// The first HTTP-only key set on this respondent, if any.
+    fn api_only_key(&self) -> Option<&'static str> {
+        [
+            ("base_url", !self.base_url.is_empty()),
+            ("api_key_env", !self.api_key_env.is_empty()),
+            ("api_key_file", !self.api_key_file.is_empty()),
+            ("temperature", self.temperature.is_some()),
+            ("max_tokens", self.max_tokens.is_some()),
+            ("system_prompt", self.system_prompt.is_some()),
+            ("timeout_secs", self.timeout_secs.is_some()),
+            ("logprobs", self.logprobs.is_some()),
+            ("rating_source", self.rating_source.is_some()),
+            ("requests_per_minute", self.requests_per_minute.is_some()),
+            ("tokens_per_minute", self.tokens_per_minute.is_some()),
+            ("max_concurrency", self.max_concurrency.is_some()),
+            ("max_retry_wait_secs", self.max_retry_wait_secs.is_some()),
+        ]
+        .into_iter()
+        .find(|(_, set)| *set)
+        .map(|(key, _)| key)
+    }
+}
+
+/// The rating source named in a study file: `sampled`, `most_probable` or
+/// `expected`.
+pub fn rating_source_from_name(name: &str) -> Option<RatingSource> {
+    Some(match name {
+        "sampled" => RatingSource::Sampled,
+        "most_probable" => RatingSource::MostProbable,
+        "expected" => RatingSource::Expected,
+        _ => return None,
+    })
+}
+
+/// Longest system prompt a respondent may have, in characters.
+pub const MAX_SYSTEM_PROMPT_CHARS: usize = 100_000;
+
+/// Longest per-request timeout, in seconds.
+pub const MAX_TIMEOUT_SECS: u32 = 3_600;
+
+/// Longest retry wait a study may allow, in seconds.
+pub const MAX_RETRY_WAIT_SECS: u32 = 86_400;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -138,6 +198,23 @@ pub fn parse_file(text: &str) -> Result<StudySpec, StudyError> {
     let mut respondents = Vec::with_capacity(file.respondents.len());
     for (i, r) in file.respondents.into_iter().enumerate() {
         let prefix = format!("respondents[{i}]");
+        if r.provider == "simulated"
+            && let Some(key) = r.api_only_key()
+        {
+            return Err(bad(
+                format!("{prefix}.{key}"),
+                "only HTTP providers take this setting",
+            ));
+        }
+        let rating_source = match r.rating_source.as_deref() {
+            None => RatingSource::Unspecified,
+            Some(name) => rating_source_from_name(name).ok_or_else(|| {
+                bad(
+                    format!("{prefix}.rating_source"),
+                    format!("{name:?} is not one of sampled, most_probable, expected"),
+                )
+            })?,
+        };
         let settings = match (r.provider.as_str(), r.simulated) {
             ("simulated", Some(sim)) => {
                 Some(respondent_spec::Settings::Simulated(SimulatedProfile {
@@ -174,6 +251,14 @@ pub fn parse_file(text: &str) -> Result<StudySpec, StudyError> {
                 api_key_file: r.api_key_file,
                 temperature: r.temperature.unwrap_or(0.0),
                 max_tokens: r.max_tokens.unwrap_or(0),
+                system_prompt: r.system_prompt.unwrap_or_default(),
+                timeout_secs: r.timeout_secs.unwrap_or(0),
+                logprobs: r.logprobs.unwrap_or(false),
+                rating_source: rating_source as i32,
+                requests_per_minute: r.requests_per_minute.unwrap_or(0.0),
+                tokens_per_minute: r.tokens_per_minute.unwrap_or(0.0),
+                max_concurrency: r.max_concurrency.unwrap_or(0),
+                max_retry_wait_secs: r.max_retry_wait_secs.unwrap_or(0),
             })),
         };
         let model = if r.model.is_empty() {
@@ -340,6 +425,7 @@ pub fn validate_with_env(
                         "an HTTP provider needs a model",
                     ));
                 }
+                validate_api(api, &prefix)?;
                 http::resolve_key(&respondent.provider, api, &prefix, env)?;
             }
             None => {
@@ -359,6 +445,77 @@ pub fn validate_with_env(
             "replications",
             format!("the study would have {total} tasks, at most {MAX_TASKS} allowed"),
         ));
+    }
+    Ok(())
+}
+
+/// Checks the numeric and enum settings of an HTTP respondent; `prefix` is
+/// its field path (`respondents[1]`).
+pub fn validate_api(api: &ApiSettings, prefix: &str) -> Result<(), StudyError> {
+    if !api.temperature.is_finite() || api.temperature < 0.0 {
+        return Err(bad(
+            format!("{prefix}.temperature"),
+            format!("{} is not a non-negative number", api.temperature),
+        ));
+    }
+    for (key, value) in [
+        ("requests_per_minute", api.requests_per_minute),
+        ("tokens_per_minute", api.tokens_per_minute),
+    ] {
+        if !value.is_finite() {
+            return Err(bad(
+                format!("{prefix}.{key}"),
+                format!("{value} is not a finite number"),
+            ));
+        }
+        if value < 0.0 {
+            return Err(bad(
+                format!("{prefix}.{key}"),
+                format!("{value} is negative"),
+            ));
+        }
+    }
+    if api.system_prompt.chars().count() > MAX_SYSTEM_PROMPT_CHARS {
+        return Err(bad(
+            format!("{prefix}.system_prompt"),
+            format!("longer than {MAX_SYSTEM_PROMPT_CHARS} characters"),
+        ));
+    }
+    if api.timeout_secs > MAX_TIMEOUT_SECS {
+        return Err(bad(
+            format!("{prefix}.timeout_secs"),
+            format!("{} is more than {MAX_TIMEOUT_SECS}", api.timeout_secs),
+        ));
+    }
+    if api.max_retry_wait_secs > MAX_RETRY_WAIT_SECS {
+        return Err(bad(
+            format!("{prefix}.max_retry_wait_secs"),
+            format!(
+                "{} is more than {MAX_RETRY_WAIT_SECS}",
+                api.max_retry_wait_secs
+            ),
+        ));
+    }
+    if api.max_concurrency > 4096 {
+        return Err(bad(
+            format!("{prefix}.max_concurrency"),
+            format!("{} is outside 0..4096", api.max_concurrency),
+        ));
+    }
+    match RatingSource::try_from(api.rating_source) {
+        Err(_) => {
+            return Err(bad(
+                format!("{prefix}.rating_source"),
+                format!("{} is not a known rating source", api.rating_source),
+            ));
+        }
+        Ok(RatingSource::MostProbable | RatingSource::Expected) if !api.logprobs => {
+            return Err(bad(
+                format!("{prefix}.rating_source"),
+                "choosing the rating from option probabilities needs logprobs = true",
+            ));
+        }
+        Ok(_) => {}
     }
     Ok(())
 }
@@ -493,5 +650,135 @@ mod tests {
             "respondents[0].simulated.interest"
         );
         assert!(parse_file("name = 3").is_err());
+    }
+
+    const API_STUDY: &str = r#"
+name = "api-settings"
+replications = 1
+languages = ["en"]
+instruments = ["onet-ip-sf"]
+
+[[respondents]]
+name = "sim"
+provider = "simulated"
+[respondents.simulated]
+interest = { R = 3, I = 3, A = 3, S = 3, E = 3, C = 3 }
+competence = { R = 3, I = 3, A = 3, S = 3, E = 3, C = 3 }
+
+[[respondents]]
+name = "local"
+provider = "vllm"
+model = "m"
+system_prompt = "You are a survey respondent."
+timeout_secs = 30
+logprobs = true
+rating_source = "expected"
+requests_per_minute = 60
+tokens_per_minute = 90000.5
+max_concurrency = 2
+max_retry_wait_secs = 20
+"#;
+
+    fn api(spec: &mut StudySpec, i: usize) -> &mut ApiSettings {
+        match &mut spec.respondents[i].settings {
+            Some(respondent_spec::Settings::Api(api)) => api,
+            other => panic!("not API settings: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn api_settings_come_from_the_study_file() {
+        let catalog = Catalog::built_in().expect("catalog");
+        let mut spec = parse_file(API_STUDY).expect("parses");
+        validate_with_env(&spec, &catalog, &|_| None).expect("valid");
+        let a = api(&mut spec, 1).clone();
+        assert_eq!(a.system_prompt, "You are a survey respondent.");
+        assert_eq!(a.timeout_secs, 30);
+        assert!(a.logprobs);
+        assert_eq!(a.rating_source, RatingSource::Expected as i32);
+        assert_eq!(a.requests_per_minute, 60.0);
+        assert_eq!(a.tokens_per_minute, 90000.5);
+        assert_eq!(a.max_concurrency, 2);
+        assert_eq!(a.max_retry_wait_secs, 20);
+        let most = API_STUDY.replace("\"expected\"", "\"most_probable\"");
+        let mut spec = parse_file(&most).expect("parses");
+        assert_eq!(
+            api(&mut spec, 1).rating_source,
+            RatingSource::MostProbable as i32
+        );
+        // Defaults: everything 0 / off.
+        let plain = parse_file(LIVE).expect("parses");
+        let mut plain = plain;
+        assert_eq!(api(&mut plain, 0).rating_source, 0);
+        assert_eq!(api(&mut plain, 0).requests_per_minute, 0.0);
+    }
+
+    #[test]
+    fn api_settings_errors_name_the_field() {
+        let catalog = Catalog::built_in().expect("catalog");
+        let invalid = |edit: &dyn Fn(&mut ApiSettings)| {
+            let mut spec = parse_file(API_STUDY).expect("parses");
+            edit(api(&mut spec, 1));
+            validate_with_env(&spec, &catalog, &|_| None)
+                .expect_err("invalid")
+                .to_string()
+        };
+        assert_eq!(
+            invalid(&|a| a.requests_per_minute = -3.0),
+            "respondents[1].requests_per_minute: -3 is negative"
+        );
+        assert_eq!(
+            invalid(&|a| a.tokens_per_minute = f64::NAN),
+            "respondents[1].tokens_per_minute: NaN is not a finite number"
+        );
+        assert_eq!(
+            invalid(&|a| a.timeout_secs = 3601),
+            "respondents[1].timeout_secs: 3601 is more than 3600"
+        );
+        assert_eq!(
+            invalid(&|a| a.max_retry_wait_secs = 86_401),
+            "respondents[1].max_retry_wait_secs: 86401 is more than 86400"
+        );
+        assert_eq!(
+            invalid(&|a| a.max_concurrency = 5000),
+            "respondents[1].max_concurrency: 5000 is outside 0..4096"
+        );
+        assert_eq!(
+            invalid(&|a| a.rating_source = 9),
+            "respondents[1].rating_source: 9 is not a known rating source"
+        );
+        assert_eq!(
+            invalid(&|a| a.logprobs = false),
+            "respondents[1].rating_source: choosing the rating from option probabilities needs logprobs = true"
+        );
+        assert_eq!(
+            invalid(&|a| a.temperature = -0.5),
+            "respondents[1].temperature: -0.5 is not a non-negative number"
+        );
+        // In the file: an unknown rating source, a setting on a simulated respondent.
+        let e = parse_file(&API_STUDY.replace("\"expected\"", "\"mean\"")).expect_err("unknown");
+        assert_eq!(
+            e.to_string(),
+            "respondents[1].rating_source: \"mean\" is not one of sampled, most_probable, expected"
+        );
+        let e = parse_file(&API_STUDY.replacen(
+            "provider = \"simulated\"",
+            "provider = \"simulated\"\nrequests_per_minute = 10",
+            1,
+        ))
+        .expect_err("simulated");
+        assert_eq!(
+            e.to_string(),
+            "respondents[0].requests_per_minute: only HTTP providers take this setting"
+        );
+        let e =
+            parse_file(&API_STUDY.replace("requests_per_minute = 60", "requests_per_minute = -3"))
+                .expect("parses");
+        assert_eq!(
+            validate_with_env(&e, &catalog, &|_| None)
+                .expect_err("negative")
+                .to_string(),
+            "respondents[1].requests_per_minute: -3 is negative"
+        );
     }
 }

@@ -48,6 +48,36 @@ pub fn riasec_table(summary: &Summary) -> String {
             let _ = writeln!(out, "  {:<7}  {:>6}  {:>7}", p.holland_code, p.n, p.invalid);
         }
     }
+    if !summary.usage.is_empty() {
+        let _ = writeln!(out, "\nusage per respondent");
+        let _ = writeln!(
+            out,
+            "{:<name_width$}  {:>9}  {:>7}  {:>11}  {:>11}  {:>22}  {:>8}",
+            "respondent",
+            "requests",
+            "retries",
+            "tokens in",
+            "tokens out",
+            "latency p50/p90/p99 ms",
+            "max ms"
+        );
+        for u in &summary.usage {
+            let _ = writeln!(
+                out,
+                "{:<name_width$}  {:>9}  {:>7}  {:>11}  {:>11}  {:>22}  {:>8}",
+                u.respondent,
+                u.requests,
+                u.retries,
+                u.input_tokens,
+                u.output_tokens,
+                format!(
+                    "{}/{}/{}",
+                    u.latency_p50_ms, u.latency_p90_ms, u.latency_p99_ms
+                ),
+                u.latency_max_ms
+            );
+        }
+    }
     let _ = writeln!(
         out,
         "\n{} responses: {} valid, {} invalid (analyzer revision {})",

@@ -23,9 +23,10 @@ use careers_collector::provider::{Ask, Provider, ProviderError, Reply};
 use careers_collector::runner::{self, RetryPolicy, RunContext, RunOutcome};
 use careers_collector::study;
 use careers_proto::v1::analyzer_service_client::AnalyzerServiceClient;
+use careers_proto::v1::item_response::Answer;
 use careers_proto::v1::{
-    ApiSettings, GetSummaryRequest, Respondent, RespondentSpec, StudySpec, StudyState, Summary,
-    respondent_spec,
+    ApiSettings, GetSummaryRequest, RatingSource, Respondent, RespondentSpec, StudySpec,
+    StudyState, Summary, respondent_spec,
 };
 
 const KEY: &str = "sk-test-DO-NOT-LEAK-4f1c9a";
@@ -443,7 +444,8 @@ async fn logprobs_are_requested_and_variants_merged() {
         .iter()
         .map(|o| (o.rating, (o.probability * 1000.0).round() / 1000.0))
         .collect();
-    assert_eq!(pairs, vec![(3, 0.125), (4, 0.8), (5, 0.025)]);
+    // 0.125, 0.8 and 0.025, normalised by their sum 0.95.
+    assert_eq!(pairs, vec![(3, 0.132), (4, 0.842), (5, 0.026)]);
     // Without logprobs in the reply there are no probabilities.
     assert!(
         ask(&provider)
@@ -532,6 +534,7 @@ fn api_respondent(name: &str, provider: &str, base_url: &str, key_file: &str) ->
             api_key_file: key_file.into(),
             temperature: 1.0,
             max_tokens: 8,
+            ..Default::default()
         })),
     }
 }
@@ -722,4 +725,174 @@ async fn unauthorized_fails_the_respondent_without_retry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quota_exhaustion_fails_the_respondent_without_retry() {
     permanent_failure_case("live-quota", insufficient_quota(), "insufficient_quota").await;
+}
+
+// ------------------------------------- study settings through the runner
+
+/// An OpenAI-compatible answer "2" whose log-probabilities favour 4:
+/// 2 -> 0.4, 4 -> 0.45 (" 4" and "4" merged), 5 -> 0.15 (sum 1 after
+/// dropping "Like"), so sampled = 2, most probable = 4, expected = 3.35 -> 3.
+fn logprob_answer() -> MockReply {
+    let body = serde_json::json!({
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": "2"},
+            "logprobs": {"content": [{
+                "token": "2",
+                "logprob": 0.4f64.ln(),
+                "top_logprobs": [
+                    {"token": "2", "logprob": 0.4f64.ln()},
+                    {"token": " 4", "logprob": 0.3f64.ln()},
+                    {"token": "4", "logprob": 0.15f64.ln()},
+                    {"token": "5", "logprob": 0.15f64.ln()},
+                    {"token": "Like", "logprob": 0.2f64.ln()}
+                ]
+            }]}
+        }],
+        "usage": {"prompt_tokens": 30, "completion_tokens": 1}
+    });
+    reply(200, &body.to_string())
+}
+
+fn with_api(mut r: RespondentSpec, edit: impl FnOnce(&mut ApiSettings)) -> RespondentSpec {
+    if let Some(respondent_spec::Settings::Api(api)) = &mut r.settings {
+        edit(api);
+    }
+    r
+}
+
+async fn export(rig: &Rig, study: &str) -> Vec<careers_proto::v1::ItemResponse> {
+    let mut client = AnalyzerServiceClient::connect(format!("http://{}", rig.analyzer.addr))
+        .await
+        .expect("connect");
+    let mut stream = client
+        .export_responses(careers_proto::v1::ExportResponsesRequest {
+            study_id: study.into(),
+            page_size: 0,
+        })
+        .await
+        .expect("export")
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(page) = stream.message().await.expect("page") {
+        out.extend(page.responses);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rating_source_chooses_from_logprobs_and_expected_rating_is_exported() {
+    let rig = rig().await;
+    let mock = Mock::start(Vec::new(), logprob_answer()).await;
+    let url = mock.base_url("/v1");
+    let respondent = |name: &str, source: RatingSource| {
+        with_api(api_respondent(name, "vllm", &url, &rig.key_file), |api| {
+            api.logprobs = true;
+            api.rating_source = source as i32;
+            api.system_prompt = "Answer with one digit.".into();
+            api.timeout_secs = 5;
+        })
+    };
+    let mut spec = small_spec(
+        "live-logprobs",
+        vec![
+            respondent("sampled", RatingSource::Unspecified),
+            respondent("most", RatingSource::MostProbable),
+            respondent("expected", RatingSource::Expected),
+        ],
+    );
+    spec.instruments = vec!["onet-ip-sf".into()];
+    spec.concurrency = 4;
+    let outcome = run_study(&rig, &spec).await;
+    assert_eq!(outcome.state, StudyState::Completed, "{outcome:?}");
+    assert_eq!(outcome.answered_now, 180);
+    let responses = export(&rig, "live-logprobs").await;
+    assert_eq!(responses.len(), 180);
+    for r in &responses {
+        let name = r.respondent.as_ref().expect("respondent").name.as_str();
+        let want = match name {
+            "sampled" => 2,
+            "most" => 4,
+            "expected" => 3,
+            other => panic!("unexpected respondent {other}"),
+        };
+        assert_eq!(r.answer, Some(Answer::Rating(want)), "{name}");
+        assert_eq!(r.raw_text, "2");
+        assert!(
+            (r.expected_rating - 3.35).abs() < 1e-9,
+            "{}",
+            r.expected_rating
+        );
+        let probs: Vec<(u32, f64)> = r
+            .option_probabilities
+            .iter()
+            .map(|o| (o.rating, (o.probability * 1e6).round() / 1e6))
+            .collect();
+        assert_eq!(probs, vec![(2, 0.4), (4, 0.45), (5, 0.15)], "{name}");
+    }
+    mock.with_seen(|seen| {
+        assert_eq!(seen.len(), 180);
+        let body: serde_json::Value = serde_json::from_str(&seen[0].body).expect("json");
+        assert_eq!(body["logprobs"], true);
+        assert_eq!(body["top_logprobs"], 5);
+        assert_eq!(body["messages"][0]["role"], "system");
+        assert_eq!(body["messages"][0]["content"], "Answer with one digit.");
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_retry_wait_caps_a_huge_retry_hint() {
+    let rig = rig().await;
+    let mock = Mock::start(
+        vec![reply(429, r#"{"error":{"message":"slow down"}}"#).with("retry-after", "86400")],
+        openai_answer("4"),
+    )
+    .await;
+    let gpt = with_api(
+        api_respondent("gpt", "openai", &mock.base_url("/v1"), &rig.key_file),
+        |api| api.max_retry_wait_secs = 1,
+    );
+    let mut spec = small_spec("live-retry-cap", vec![gpt]);
+    spec.instruments = vec!["onet-ip-sf".into()];
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(120), run_study(&rig, &spec))
+        .await
+        .expect("the capped wait ends long before the server's day-long hint");
+    assert_eq!(outcome.state, StudyState::Completed, "{outcome:?}");
+    assert_eq!((outcome.answered_now, outcome.failed), (60, 0));
+    assert_eq!(mock.requests(), 61);
+    mock.with_seen(|seen| {
+        // The retry waited for the cap (1 s), not less.
+        assert!(
+            seen[1].at.duration_since(seen[0].at) >= Duration::from_secs(1),
+            "retried before the capped hint"
+        );
+    });
+    assert!(started.elapsed() >= Duration::from_secs(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_per_minute_spaces_a_respondents_requests() {
+    let rig = rig().await;
+    let mock = Mock::start(Vec::new(), openai_answer("4")).await;
+    // 1,200 a minute: 20 a second, a burst of 20; 60 tasks take >= 2 s.
+    let gpt = with_api(
+        api_respondent("gpt", "openai", &mock.base_url("/v1"), &rig.key_file),
+        |api| {
+            api.requests_per_minute = 1200.0;
+            api.max_concurrency = 2;
+        },
+    );
+    let mut spec = small_spec("live-rpm", vec![gpt]);
+    spec.instruments = vec!["onet-ip-sf".into()];
+    spec.concurrency = 8;
+    let started = Instant::now();
+    let outcome = run_study(&rig, &spec).await;
+    assert_eq!(outcome.state, StudyState::Completed, "{outcome:?}");
+    assert_eq!(outcome.answered_now, 60);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1900),
+        "{:?}",
+        started.elapsed()
+    );
 }

@@ -143,6 +143,18 @@ async fn a_study_through_the_collector_service_is_counted_exactly() {
     assert_eq!(top("simulated-enterprising"), "EE");
     assert_eq!(top("simulated-conventional"), "CC");
 
+    // Usage per respondent: every response counted, simulated answers need one request each.
+    assert_eq!(s.usage.len(), 4);
+    for u in &s.usage {
+        assert_eq!(
+            (u.responses, u.requests, u.retries),
+            (total / 4, total / 4, 0),
+            "{u:?}"
+        );
+        assert!(u.input_tokens > 0 && u.output_tokens > 0);
+        assert!(u.latency_p50_ms <= u.latency_p99_ms && u.latency_p99_ms <= u.latency_max_ms);
+    }
+
     let ids = exported_ids(&analyzer_url, "e2e").await;
     assert_eq!(ids.len() as u64, total);
     assert_eq!(ids.iter().collect::<HashSet<_>>().len() as u64, total);

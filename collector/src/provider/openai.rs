@@ -7,7 +7,8 @@
 //! and reports, at the first answer token that is a rating 1..5, the
 //! probability of each rating among the top alternatives, token variants
 //! ("4", " 4", "４") merged. Probabilities are `exp(logprob)` summed over the
-//! variants, not renormalised.
+//! variants, then normalised to sum to 1 over the ratings seen (so the
+//! runner can choose the most probable or the expected rating).
 
 use std::fmt;
 
@@ -87,7 +88,8 @@ fn token_rating(token: &str) -> Option<u32> {
     Some(digit)
 }
 
-/// Rating probabilities at the first rating token, variants merged.
+/// Rating probabilities at the first rating token, variants merged and
+/// normalised to sum to 1.
 fn option_probabilities(tokens: &[TokenLogprob]) -> Vec<OptionProbability> {
     let Some(at) = tokens.iter().find(|t| token_rating(&t.token).is_some()) else {
         return Vec::new();
@@ -111,11 +113,15 @@ fn option_probabilities(tokens: &[TokenLogprob]) -> Vec<OptionProbability> {
             seen[i] = true;
         }
     }
+    let total: f64 = sums.iter().sum();
+    if !(total.is_finite() && total > 0.0) {
+        return Vec::new();
+    }
     (0..5)
         .filter(|i| seen[*i])
         .map(|i| OptionProbability {
             rating: i as u32 + 1,
-            probability: sums[i].clamp(0.0, 1.0),
+            probability: (sums[i] / total).clamp(0.0, 1.0),
         })
         .collect()
 }
@@ -257,12 +263,15 @@ mod tests {
         let got = option_probabilities(&tokens);
         let pairs: Vec<(u32, f64)> = got.iter().map(|o| (o.rating, o.probability)).collect();
         assert_eq!(pairs.len(), 3, "{pairs:?}");
+        // 0.15, 0.8 and 0.01 merged, normalised by their sum 0.96.
         assert_eq!(pairs[0].0, 3);
-        assert!((pairs[0].1 - 0.15).abs() < 1e-9);
+        assert!((pairs[0].1 - 0.15 / 0.96).abs() < 1e-9);
         assert_eq!(pairs[1].0, 4);
-        assert!((pairs[1].1 - 0.8).abs() < 1e-9);
+        assert!((pairs[1].1 - 0.8 / 0.96).abs() < 1e-9);
         assert_eq!(pairs[2].0, 5);
-        assert!((pairs[2].1 - 0.01).abs() < 1e-9);
+        assert!((pairs[2].1 - 0.01 / 0.96).abs() < 1e-9);
+        let total: f64 = got.iter().map(|o| o.probability).sum();
+        assert!((total - 1.0).abs() < 1e-9);
         assert!(option_probabilities(&[]).is_empty());
     }
 }
