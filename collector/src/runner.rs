@@ -35,8 +35,8 @@ use std::time::{Duration, Instant, SystemTime};
 use careers_proto::scale;
 use careers_proto::v1::item_response::Answer;
 use careers_proto::v1::{
-    InvalidAnswer, ItemResponse, OptionProbability, RatingSource, Respondent, StudySpec,
-    StudyState, TokenUsage, respondent_spec,
+    EarlierAnswer, InvalidAnswer, ItemResponse, OptionProbability, RatingSource, Respondent,
+    StudySpec, StudyState, TokenUsage, respondent_spec,
 };
 use futures::StreamExt;
 use rand::Rng;
@@ -53,7 +53,7 @@ use crate::provider::anthropic::Anthropic;
 use crate::provider::http::{self, HttpConfig};
 use crate::provider::openai::OpenAi;
 use crate::provider::simulated::Simulated;
-use crate::provider::{Ask, Provider, ProviderError, default_base_url};
+use crate::provider::{Ask, Provider, ProviderError, Reply, default_base_url};
 use crate::study::{self, StudyError, Task};
 
 /// Why a run stopped early.
@@ -608,7 +608,6 @@ async fn administer(
     respondent: &Respondent,
     mut cancel: watch::Receiver<bool>,
 ) -> Result<ItemResponse, ProviderError> {
-    let provider = endpoint.provider.as_ref();
     let limits = &endpoint.limits;
     let instrument = ctx.catalog.get(&task.instrument_id).ok_or_else(|| {
         ProviderError::Permanent(format!("instrument {} vanished", task.instrument_id))
@@ -623,20 +622,103 @@ async fn administer(
         .options
         .get(&task.language)
         .ok_or_else(|| ProviderError::Permanent(format!("no {} options", task.language)))?;
-    let ask = Ask {
-        task_id: task.task_id,
-        instrument_id: &instrument.id,
-        construct: &instrument.construct,
-        item_id: &item.id,
-        scale_index: scale::index(item.scale).unwrap_or(0),
-        language: &task.language,
-        prompt: &prompt,
-        options,
-    };
-    let estimate = limits.estimate(&prompt);
+    let labels = instrument.labels();
     let mut attempt = 0;
+    let mut earlier_answers = Vec::new();
+    let (mut input_tokens, mut output_tokens) = (0, 0);
+    let mut current = prompt.clone();
+    let (reply, latency, parsed) = loop {
+        let ask = Ask {
+            task_id: task.task_id,
+            instrument_id: &instrument.id,
+            construct: &instrument.construct,
+            item_id: &item.id,
+            scale_index: scale::index(item.scale).unwrap_or(0),
+            language: &task.language,
+            prompt: &current,
+            options,
+        };
+        let (reply, latency) =
+            request(ctx, task, endpoint, slots, ask, &mut attempt, &mut cancel).await?;
+        input_tokens += reply.input_tokens;
+        output_tokens += reply.output_tokens;
+        let parsed = match answer::parse(&reply.text, &labels) {
+            Parsed::Rating(r) => Answer::Rating(r),
+            Parsed::Invalid { reason, detail } => Answer::Invalid(InvalidAnswer {
+                reason: reason as i32,
+                detail,
+            }),
+        };
+        match parsed {
+            // Probabilities can still decide the rating; only re-ask when they cannot.
+            Answer::Invalid(invalid)
+                if earlier_answers.len() < spec.reask_invalid as usize
+                    && reply.option_probabilities.is_empty() =>
+            {
+                earlier_answers.push(EarlierAnswer {
+                    attempt,
+                    raw_text: reply.text,
+                    invalid: Some(invalid),
+                });
+                current = format!("{prompt}\n\n{}", stricter_follow_up(&task.language));
+            }
+            parsed => break (reply, latency, parsed),
+        }
+    };
+    let probabilities = normalise(reply.option_probabilities);
+    let expected = expected_rating(&probabilities);
+    let answer = choose(parsed, &probabilities, limits.rating_source);
+    Ok(ItemResponse {
+        response_id: task.task_id.to_string(),
+        study_id: spec.name.clone(),
+        instrument_id: instrument.id.clone(),
+        item_id: item.id.clone(),
+        scale: item.scale as i32,
+        respondent: Some(respondent.clone()),
+        language: task.language.clone(),
+        replication: task.replication,
+        answer: Some(answer),
+        raw_text: reply.text,
+        option_probabilities: probabilities,
+        expected_rating: expected.unwrap_or(0.0),
+        tokens: Some(TokenUsage {
+            input_tokens,
+            output_tokens,
+        }),
+        latency_ms: u32::try_from(latency.as_millis()).unwrap_or(u32::MAX),
+        answered_at: Some(prost_types::Timestamp::from(SystemTime::now())),
+        attempt,
+        earlier_answers,
+    })
+}
+
+/// The sentence added to the prompt when an unusable answer is re-asked.
+fn stricter_follow_up(language: &str) -> &'static str {
+    if language.starts_with("zh") {
+        "你上一次的回答无法识别为其中一个选项。请只回答一个1到5之间的数字，不要写其他内容。"
+    } else {
+        "Your previous answer could not be read as one of the options. Reply with a single number from 1 to 5 and nothing else."
+    }
+}
+
+/// One request with the single retry policy: waits for the respondent's rate
+/// limits and a study slot, retries transient errors (at least as long as the
+/// server's capped hint says), and counts every request in `attempt`.
+async fn request(
+    ctx: &RunContext,
+    task: &Task,
+    endpoint: &Endpoint,
+    slots: &Semaphore,
+    ask: Ask<'_>,
+    attempt: &mut u32,
+    cancel: &mut watch::Receiver<bool>,
+) -> Result<(Reply, Duration), ProviderError> {
+    let provider = endpoint.provider.as_ref();
+    let limits = &endpoint.limits;
+    let first_attempt = *attempt;
+    let estimate = limits.estimate(ask.prompt);
     let (reply, latency) = loop {
-        attempt += 1;
+        *attempt += 1;
         let wait_turn = async {
             if let Some(bucket) = &limits.requests {
                 bucket.acquire(1.0).await;
@@ -648,7 +730,7 @@ async fn administer(
         };
         let permit = tokio::select! {
             permit = wait_turn => permit,
-            () = cancelled(&mut cancel) => {
+            () = cancelled(cancel) => {
                 return Err(ProviderError::transient("cancelled while waiting for a rate limit"));
             }
         };
@@ -669,14 +751,15 @@ async fn administer(
             Err(ProviderError::Transient {
                 message,
                 retry_after,
-            }) if attempt < ctx.retry.max_attempts => {
-                let wait = ctx
-                    .retry
-                    .wait(attempt - 1, limits.cap_hint(retry_after, task));
-                tracing::debug!(task = %task.task_id, attempt, error = %message, wait_ms = wait.as_millis() as u64, "retrying");
+            }) if *attempt - first_attempt < ctx.retry.max_attempts => {
+                let wait = ctx.retry.wait(
+                    *attempt - first_attempt - 1,
+                    limits.cap_hint(retry_after, task),
+                );
+                tracing::debug!(task = %task.task_id, attempt = *attempt, error = %message, wait_ms = wait.as_millis() as u64, "retrying");
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
-                    () = cancelled(&mut cancel) => {
+                    () = cancelled(cancel) => {
                         return Err(ProviderError::transient(format!("cancelled while waiting to retry: {message}")));
                     }
                 }
@@ -684,37 +767,7 @@ async fn administer(
             Err(e) => return Err(e),
         }
     };
-    let parsed = match answer::parse(&reply.text, &instrument.labels()) {
-        Parsed::Rating(r) => Answer::Rating(r),
-        Parsed::Invalid { reason, detail } => Answer::Invalid(InvalidAnswer {
-            reason: reason as i32,
-            detail,
-        }),
-    };
-    let probabilities = normalise(reply.option_probabilities);
-    let expected = expected_rating(&probabilities);
-    let answer = choose(parsed, &probabilities, limits.rating_source);
-    Ok(ItemResponse {
-        response_id: task.task_id.to_string(),
-        study_id: spec.name.clone(),
-        instrument_id: instrument.id.clone(),
-        item_id: item.id.clone(),
-        scale: item.scale as i32,
-        respondent: Some(respondent.clone()),
-        language: task.language.clone(),
-        replication: task.replication,
-        answer: Some(answer),
-        raw_text: reply.text,
-        option_probabilities: probabilities,
-        expected_rating: expected.unwrap_or(0.0),
-        tokens: Some(TokenUsage {
-            input_tokens: reply.input_tokens,
-            output_tokens: reply.output_tokens,
-        }),
-        latency_ms: u32::try_from(latency.as_millis()).unwrap_or(u32::MAX),
-        answered_at: Some(prost_types::Timestamp::from(SystemTime::now())),
-        attempt,
-    })
+    Ok((reply, latency))
 }
 
 /// Resolves when the study is cancelled; never if no one can cancel any more.

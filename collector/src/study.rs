@@ -12,9 +12,13 @@ use careers_proto::scale::{self, RIASEC};
 use careers_proto::v1::{
     self, ApiSettings, RatingSource, RespondentSpec, SimulatedProfile, StudySpec, respondent_spec,
 };
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 
 use crate::instrument::Catalog;
+use crate::provider::simulated::stable_hash;
 use crate::provider::{KNOWN_PROVIDERS, http, simulated};
 
 /// A problem in a study, named by field path (`respondents[1].simulated.interest`).
@@ -157,6 +161,8 @@ struct StudyFile {
     instruments: Vec<String>,
     #[serde(default = "default_concurrency")]
     concurrency: u32,
+    #[serde(default)]
+    reask_invalid: u32,
     respondents: Vec<RespondentFile>,
 }
 
@@ -284,6 +290,7 @@ pub fn parse_file(text: &str) -> Result<StudySpec, StudyError> {
         instruments: file.instruments,
         replications: file.replications,
         concurrency: file.concurrency,
+        reask_invalid: file.reask_invalid,
         seed: file.seed,
     })
 }
@@ -319,6 +326,12 @@ pub fn validate_with_env(
     check_name("name", &spec.name)?;
     if spec.replications == 0 {
         return Err(bad("replications", "must be at least 1"));
+    }
+    if spec.reask_invalid > 5 {
+        return Err(bad(
+            "reask_invalid",
+            format!("{} is above 5", spec.reask_invalid),
+        ));
     }
     if spec.concurrency == 0 || spec.concurrency > 4096 {
         return Err(bad(
@@ -540,7 +553,8 @@ pub struct Task {
 }
 
 /// Every task of a (validated) spec, in administration order: replication by
-/// replication, so a partial run is balanced across respondents and languages.
+/// replication, so a partial run is balanced across respondents and languages,
+/// with the items of each replication in a seeded random order.
 pub fn tasks(spec: &StudySpec, catalog: &Catalog) -> Vec<Task> {
     let mut out = Vec::new();
     let mut order = 0;
@@ -552,7 +566,19 @@ pub fn tasks(spec: &StudySpec, catalog: &Catalog) -> Vec<Task> {
         {
             for language in &spec.languages {
                 for instrument in spec.instruments.iter().filter_map(|id| catalog.get(id)) {
-                    for item in &instrument.items {
+                    // Item order is shuffled per replication (and respondent,
+                    // language, instrument) with the study's seed: the same
+                    // study always has the same order.
+                    let mut items: Vec<_> = instrument.items.iter().collect();
+                    let mut rng = ChaCha8Rng::seed_from_u64(stable_hash(&[
+                        &spec.seed.to_le_bytes(),
+                        &replication.to_le_bytes(),
+                        r.name.as_bytes(),
+                        language.as_bytes(),
+                        instrument.id.as_bytes(),
+                    ]));
+                    items.shuffle(&mut rng);
+                    for item in items {
                         out.push(Task {
                             task_id: response_id(
                                 &spec.name,
@@ -594,6 +620,37 @@ mod tests {
         assert_eq!(tasks.len(), 19_200);
         let ids: BTreeSet<_> = tasks.iter().map(|t| t.task_id).collect();
         assert_eq!(ids.len(), 19_200);
+    }
+
+    #[test]
+    fn item_order_is_shuffled_per_replication_and_reproducible() {
+        let catalog = Catalog::built_in().expect("catalog");
+        let spec = parse_file(SIMULATED).expect("parses");
+        let order = |tasks: &[Task], replication: u32| -> Vec<String> {
+            tasks
+                .iter()
+                .filter(|t| t.replication == replication && t.respondent == "simulated-social")
+                .filter(|t| t.language == "en" && t.instrument_id == "onet-ip-sf")
+                .map(|t| t.item_id.clone())
+                .collect()
+        };
+        let a = tasks(&spec, &catalog);
+        let (first, second) = (order(&a, 1), order(&a, 2));
+        assert_eq!(first.len(), 60);
+        assert_ne!(first, second, "each replication has its own order");
+        let mut sorted = first.clone();
+        sorted.sort();
+        assert_eq!(sorted.len(), sorted.iter().collect::<BTreeSet<_>>().len());
+        assert_eq!(
+            order(&tasks(&spec, &catalog), 1),
+            first,
+            "the same seed gives the same order"
+        );
+        let mut reseeded = spec.clone();
+        reseeded.seed += 1;
+        assert_ne!(order(&tasks(&reseeded, &catalog), 1), first);
+        // Orders are positions in the administration sequence.
+        assert!(a.windows(2).all(|w| w[0].order < w[1].order));
     }
 
     #[test]

@@ -559,6 +559,7 @@ fn small_spec(name: &str, respondents: Vec<RespondentSpec>) -> StudySpec {
         // One request at a time, so the scripted faults hit one task in order.
         concurrency: 1,
         seed: 7,
+        reask_invalid: 0,
     }
 }
 
@@ -895,4 +896,83 @@ async fn requests_per_minute_spaces_a_respondents_requests() {
         "{:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_answers_are_reasked_and_every_raw_text_is_kept() {
+    let rig = rig().await;
+    let mock = Mock::start(
+        vec![
+            openai_answer("As an AI, I don't have personal preferences."),
+            openai_answer("3 or 4"),
+            openai_answer("5"),
+        ],
+        openai_answer("4"),
+    )
+    .await;
+    let mut spec = small_spec(
+        "reask",
+        vec![api_respondent(
+            "gpt",
+            "openai",
+            &mock.base_url("/v1"),
+            &rig.key_file,
+        )],
+    );
+    spec.instruments = vec!["onet-ip-sf".into()];
+    spec.reask_invalid = 2;
+    let outcome = run_study(&rig, &spec).await;
+    assert_eq!(outcome.state, StudyState::Completed, "{outcome:?}");
+    assert_eq!(
+        mock.requests(),
+        62,
+        "60 tasks, one of them asked three times"
+    );
+    // The re-asks carry the stricter follow-up; the first request does not.
+    mock.with_seen(|seen| {
+        assert!(!seen[0].body.contains("single number from 1 to 5"));
+        assert!(seen[1].body.contains("single number from 1 to 5"));
+        assert!(seen[2].body.contains("single number from 1 to 5"));
+    });
+    let responses = export(&rig, "reask").await;
+    assert_eq!(responses.len(), 60);
+    let reasked: Vec<_> = responses
+        .iter()
+        .filter(|r| !r.earlier_answers.is_empty())
+        .collect();
+    assert_eq!(reasked.len(), 1);
+    let r = reasked[0];
+    assert_eq!(
+        r.answer,
+        Some(careers_proto::v1::item_response::Answer::Rating(5))
+    );
+    assert_eq!(r.attempt, 3);
+    let earlier: Vec<(u32, &str, i32)> = r
+        .earlier_answers
+        .iter()
+        .map(|e| {
+            (
+                e.attempt,
+                e.raw_text.as_str(),
+                e.invalid.as_ref().map_or(0, |i| i.reason),
+            )
+        })
+        .collect();
+    assert_eq!(
+        earlier,
+        vec![
+            (
+                1,
+                "As an AI, I don't have personal preferences.",
+                careers_proto::v1::InvalidReason::Refusal as i32
+            ),
+            (
+                2,
+                "3 or 4",
+                careers_proto::v1::InvalidReason::MultipleRatings as i32
+            ),
+        ]
+    );
+    let usage = summary(&rig, "reask").await.usage;
+    assert_eq!((usage[0].requests, usage[0].retries), (62, 2));
 }

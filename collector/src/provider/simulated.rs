@@ -84,7 +84,7 @@ pub fn validate(profile: &SimulatedProfile) -> Result<(), ProfileError> {
 }
 
 /// A stable 64-bit hash (FNV-1a) of labelled parts, for seeding.
-fn stable_hash(parts: &[&[u8]]) -> u64 {
+pub fn stable_hash(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for part in parts {
         for b in part.iter().chain(&[0xff]) {
