@@ -201,7 +201,7 @@ async fn settle(
         // Resending cannot fix a rejected answer; it stays in the journal for audit.
         tracing::error!(response_id = %r.response_id, field = %r.field, reason = %r.reason, "analyzer rejected an answer");
     }
-    journal.mark_forwarded(&ids).await?;
-    progress.forwarded(ids.len() as u64, u64::from(ack.rejected));
+    let newly = journal.mark_forwarded(&ids).await?;
+    progress.forwarded(newly, u64::from(ack.rejected));
     Ok(())
 }

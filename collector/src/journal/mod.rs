@@ -296,16 +296,20 @@ impl Journal {
     }
 
     /// Marks answers as acknowledged by the analyzer (one transaction).
-    pub async fn mark_forwarded(&self, task_ids: &[String]) -> Result<(), JournalError> {
+    /// Returns how many were not marked before (a resent answer is acknowledged twice).
+    pub async fn mark_forwarded(&self, task_ids: &[String]) -> Result<u64, JournalError> {
         let mut tx = self.pool.begin().await?;
+        let mut newly = 0;
         for id in task_ids {
-            sqlx::query("UPDATE tasks SET forwarded = 1 WHERE task_id = ?")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+            newly +=
+                sqlx::query("UPDATE tasks SET forwarded = 1 WHERE task_id = ? AND forwarded = 0")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
         }
         tx.commit().await?;
-        Ok(())
+        Ok(newly)
     }
 
     /// Answered responses the analyzer has not acknowledged, in order.
@@ -435,9 +439,14 @@ mod tests {
         let unforwarded = j.unforwarded("s").await.expect("unforwarded");
         assert_eq!(unforwarded.len(), 2);
         assert_eq!(unforwarded[0].answer, Some(Answer::Rating(4)));
-        j.mark_forwarded(&[unforwarded[0].response_id.clone()])
-            .await
-            .expect("mark");
+        let id = unforwarded[0].response_id.clone();
+        assert_eq!(
+            j.mark_forwarded(std::slice::from_ref(&id))
+                .await
+                .expect("mark"),
+            1
+        );
+        assert_eq!(j.mark_forwarded(&[id]).await.expect("mark again"), 0);
         assert_eq!(j.unforwarded("s").await.expect("unforwarded").len(), 1);
         let cells = j.cell_counts("s").await.expect("cells");
         assert_eq!(
