@@ -18,6 +18,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out_dir.join("careers_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure()
+        // Ordered maps: conditions hash, print and compare deterministically.
+        .btree_map(".")
         .build_server(true)
         .build_client(true)
         .compile_fds(fds)?;

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use careers_proto::scale::{self, RIASEC};
 use careers_proto::v1::item_response::Answer;
-use careers_proto::v1::{InvalidReason, ItemResponse, Scale};
+use careers_proto::v1::{Administration, InvalidReason, ItemResponse, Scale};
 
 /// The group a profile describes.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -21,6 +21,8 @@ pub struct ProfileKey {
     pub respondent: String,
     /// Language tag.
     pub language: String,
+    /// Design-factor levels (`ItemResponse.conditions`), empty without factors.
+    pub conditions: BTreeMap<String, String>,
 }
 
 /// Exact moments of small integer ratings (f64 sums of integers are exact far
@@ -184,14 +186,20 @@ impl LatencyHistogram {
 pub struct Usage {
     /// Stored responses.
     pub responses: u64,
-    /// Requests (sum of attempt numbers; an attempt of 0 counts as 1).
+    /// Requests (sum of `ItemResponse.requests`; see [`requests_of`]).
     pub requests: u64,
+    /// Of them, repeats after a transient error.
+    pub retries: u64,
     /// Prompt tokens.
     pub input_tokens: u64,
     /// Completion tokens.
     pub output_tokens: u64,
     /// Latency of the successful requests.
     pub latency: LatencyHistogram,
+    /// Cost at the collector's prices (sum of `ItemResponse.cost`).
+    pub cost: f64,
+    /// Currency of the cost (the last non-empty `cost_currency` seen).
+    pub currency: String,
 }
 
 /// All profiles, keyed and sorted.
@@ -214,6 +222,19 @@ pub fn profile_key(r: &ItemResponse) -> ProfileKey {
             .map(|p| p.name.clone())
             .unwrap_or_default(),
         language: r.language.clone(),
+        conditions: r.conditions.clone(),
+    }
+}
+
+/// The provider requests charged to a response: `ItemResponse.requests`,
+/// or for a one-item answer from a client that does not count them, its
+/// attempt number (at least 1). Under all-items administration a form's
+/// requests are charged to one of its items, so 0 is a real count there.
+pub fn requests_of(r: &ItemResponse) -> u64 {
+    if r.requests > 0 || r.administration == Administration::AllItems as i32 {
+        u64::from(r.requests)
+    } else {
+        u64::from(r.attempt.max(1))
     }
 }
 
@@ -242,12 +263,19 @@ impl DescriptiveStats {
             .entry((key.study_id, key.respondent))
             .or_default();
         usage.responses += 1;
-        usage.requests += u64::from(r.attempt.max(1));
+        usage.requests += requests_of(r);
+        usage.retries += u64::from(r.retries);
         if let Some(t) = &r.tokens {
             usage.input_tokens += t.input_tokens;
             usage.output_tokens += t.output_tokens;
         }
         usage.latency.add(r.latency_ms);
+        if r.cost.is_finite() {
+            usage.cost += r.cost;
+        }
+        if !r.cost_currency.is_empty() && usage.currency != r.cost_currency {
+            usage.currency.clone_from(&r.cost_currency);
+        }
     }
 
     /// Usage per (study, respondent), optionally restricted to one study.
@@ -317,6 +345,7 @@ mod tests {
             instrument_id: "i".into(),
             respondent: r.into(),
             language: "en".into(),
+            conditions: BTreeMap::new(),
         }
     }
 

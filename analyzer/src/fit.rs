@@ -43,6 +43,14 @@ pub enum FitCommandError {
     /// No header or no rows.
     #[error("{0} has no data rows")]
     Empty(String),
+    /// Every row's response is missing (empty or NA).
+    #[error("{path}: every row's {column} is missing (empty or NA)")]
+    NoResponses {
+        /// The file.
+        path: String,
+        /// The response column.
+        column: String,
+    },
     /// The formula names a column the file does not have.
     #[error("{path} has no column named {column:?}")]
     MissingColumn {
@@ -93,6 +101,7 @@ fn open_csv(path: &Path) -> Result<csv::Reader<std::fs::File>, FitCommandError> 
 
 /// Reads the columns of `formula` from a CSV file into sufficient statistics.
 ///
+/// A row whose response is empty or `NA` is left out (R's `na.omit`).
 /// A predictor column whose values all parse as numbers (R's rule) and that is not a grouping
 /// factor becomes a covariate kept as per-cell moments, so a continuous covariate does not make
 /// every row its own cell; every other column is a factor. This costs a first pass over the
@@ -151,6 +160,7 @@ pub fn load_csv(path: &Path, formula: &Formula) -> Result<SufficientStats, FitCo
     let mut stats = SufficientStats::with_covariates(&formula.response, &factor_names, &cov_names);
     let mut reader = open_csv(path)?;
     let mut xs = vec![0.0; cov_idx.len()];
+    let mut used = 0u64;
     loop {
         match reader.read_record(&mut record) {
             Ok(false) => break,
@@ -161,6 +171,9 @@ pub fn load_csv(path: &Path, formula: &Formula) -> Result<SufficientStats, FitCo
         let raw = record.get(y_col).unwrap_or("").trim();
         let y: f64 = match raw.parse::<f64>() {
             Ok(v) if v.is_finite() => v,
+            // A missing response (empty or NA, as `careers-analyzer export`
+            // writes for an invalid answer) drops the row, as R's na.omit.
+            _ if raw.is_empty() || raw == "NA" => continue,
             _ => {
                 return Err(FitCommandError::NonNumericResponse {
                     column: formula.response.clone(),
@@ -182,6 +195,13 @@ pub fn load_csv(path: &Path, formula: &Formula) -> Result<SufficientStats, FitCo
             .map(|&k| record.get(cols[k]).unwrap_or("").trim())
             .collect();
         stats.add_with_covariates(&levels, &xs, y)?;
+        used += 1;
+    }
+    if used == 0 {
+        return Err(FitCommandError::NoResponses {
+            path: shown,
+            column: formula.response.clone(),
+        });
     }
     Ok(stats)
 }

@@ -10,12 +10,15 @@
 //! cells, never the number of rows, and pushed to watchers on every update.
 //!
 //! [`stats`] holds the mixed-model engine: pure numerics, no I/O or async;
-//! [`fit`] is the offline `careers-analyzer fit` command over a CSV file.
+//! [`fit`] is the offline `careers-analyzer fit` command over a CSV file;
+//! [`export`] writes the stored responses as that CSV, a column per design
+//! factor.
 //! [`server`] wires the gRPC service, health and reflection onto a listener.
 
 pub mod analysis;
 pub mod descriptive;
 pub mod error;
+pub mod export;
 pub mod fit;
 pub mod server;
 pub mod service;

@@ -1,7 +1,7 @@
-//! `careers-analyzer`: the analyzer server and the offline fit command.
+//! `careers-analyzer`: the analyzer server, the CSV export and the offline fit command.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use careers_analyzer::telemetry::{self, LogFormat};
@@ -41,6 +41,23 @@ enum Command {
         #[arg(long, env = "CAREERS_LOG_FORMAT", value_enum, default_value = "text")]
         log_format: LogFormat,
     },
+    /// Write the stored responses as CSV (a column per design factor; an
+    /// invalid answer's rating is NA), for `fit` or R.
+    Export {
+        /// SQLite database file of the analyzer.
+        #[arg(
+            long,
+            env = "CAREERS_ANALYZER_DATABASE",
+            default_value = "careers-data/analyzer.sqlite"
+        )]
+        database: PathBuf,
+        /// Only this study's responses (default: all).
+        #[arg(long, default_value = "")]
+        study: String,
+        /// Output file; "-" (the default) writes to standard output.
+        #[arg(long, default_value = "-")]
+        out: PathBuf,
+    },
     /// Fit a linear mixed model to a CSV file (lme4 formula syntax).
     Fit {
         /// CSV file with a header; factor columns as text, the response as a number.
@@ -79,6 +96,16 @@ async fn serve(listen: SocketAddr, database: PathBuf) -> anyhow::Result<()> {
     });
     server.wait().await?;
     Ok(())
+}
+
+async fn export(database: &Path, study: &str, out: &Path) -> anyhow::Result<u64> {
+    use careers_analyzer::export::export_database;
+    if out.as_os_str() == "-" {
+        return Ok(export_database(database, study, std::io::stdout().lock()).await?);
+    }
+    let file = std::fs::File::create(out)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;
+    Ok(export_database(database, study, std::io::BufWriter::new(file)).await?)
 }
 
 fn main() -> ExitCode {
@@ -131,6 +158,22 @@ fn main() -> ExitCode {
         } => {
             telemetry::init(log_format, "info");
             runtime.block_on(serve(listen, database))
+        }
+        Command::Export {
+            database,
+            study,
+            out,
+        } => {
+            return match runtime.block_on(export(&database, &study, &out)) {
+                Ok(rows) => {
+                    eprintln!("careers-analyzer: exported {rows} responses");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("careers-analyzer: {e:#}");
+                    ExitCode::from(2)
+                }
+            };
         }
         Command::Fit { .. } => Ok(()),
     };

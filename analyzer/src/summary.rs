@@ -25,6 +25,7 @@ pub fn build(stats: &DescriptiveStats, study_id: &str, revision: u64) -> Summary
             instrument_id: key.instrument_id.clone(),
             respondent: key.respondent.clone(),
             language: key.language.clone(),
+            conditions: key.conditions.clone(),
             scales: RIASEC
                 .iter()
                 .zip(&profile.scales)
@@ -56,13 +57,15 @@ pub fn build(stats: &DescriptiveStats, study_id: &str, revision: u64) -> Summary
             respondent: respondent.clone(),
             responses: u.responses,
             requests: u.requests,
-            retries: u.requests.saturating_sub(u.responses),
+            retries: u.retries,
             input_tokens: u.input_tokens,
             output_tokens: u.output_tokens,
             latency_p50_ms: u.latency.quantile(0.5),
             latency_p90_ms: u.latency.quantile(0.9),
             latency_p99_ms: u.latency.quantile(0.99),
             latency_max_ms: u.latency.max(),
+            cost: u.cost,
+            cost_currency: u.currency.clone(),
         })
         .collect();
     summary

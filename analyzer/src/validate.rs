@@ -7,6 +7,8 @@ use careers_proto::v1::{InvalidReason, ItemResponse, Scale};
 
 /// Longest id or label accepted (bytes).
 pub const MAX_ID_LEN: usize = 256;
+/// Most design factors one response may carry.
+pub const MAX_CONDITIONS: usize = 8;
 /// Longest raw answer text accepted (bytes).
 pub const MAX_RAW_TEXT_LEN: usize = 64 * 1024;
 
@@ -111,6 +113,36 @@ pub fn response(prefix: &str, r: &ItemResponse) -> Result<(), FieldViolation> {
         },
         Some(Answer::Rating(_)) => {}
     }
+    if r.conditions.len() > MAX_CONDITIONS {
+        return Err(FieldViolation::new(
+            format!("{prefix}.conditions"),
+            format!(
+                "has {} factors, at most {MAX_CONDITIONS} allowed",
+                r.conditions.len()
+            ),
+        ));
+    }
+    for (factor, level) in &r.conditions {
+        let mut chars = factor.chars();
+        let column = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && factor.len() <= 64;
+        if !column {
+            return Err(FieldViolation::new(
+                format!("{prefix}.conditions"),
+                format!(
+                    "factor {factor:?} is not a column name (a letter, then letters, digits or '_', at most 64)"
+                ),
+            ));
+        }
+        id(&format!("{prefix}.conditions"), factor, level)?;
+    }
+    if !(r.cost.is_finite() && r.cost >= 0.0) {
+        return Err(FieldViolation::new(
+            format!("{prefix}.cost"),
+            format!("{} is not a non-negative number", r.cost),
+        ));
+    }
     if r.raw_text.len() > MAX_RAW_TEXT_LEN {
         return Err(FieldViolation::new(
             format!("{prefix}.raw_text"),
@@ -173,6 +205,30 @@ mod tests {
             detail: String::new(),
         }));
         assert_eq!(response("r", &r), Ok(()));
+    }
+
+    #[test]
+    fn checks_conditions_and_cost() {
+        let mut r = good();
+        r.conditions.insert("persona".into(), "teacher".into());
+        r.cost = 0.25;
+        assert_eq!(response("r", &r), Ok(()));
+        let mut bad = r.clone();
+        bad.conditions.insert("2x".into(), "a".into());
+        let e = response("responses[2]", &bad).expect_err("bad factor");
+        assert_eq!(e.field, "responses[2].conditions");
+        assert!(e.reason.contains("\"2x\""), "{}", e.reason);
+        let mut bad = r.clone();
+        bad.conditions.insert("prompt".into(), String::new());
+        assert_eq!(field(&bad), "responses[2].conditions.prompt");
+        let mut bad = r.clone();
+        bad.cost = -1.0;
+        assert_eq!(field(&bad), "responses[2].cost");
+        let mut bad = r;
+        for i in 0..9 {
+            bad.conditions.insert(format!("f{i}"), "x".into());
+        }
+        assert_eq!(field(&bad), "responses[2].conditions");
     }
 
     #[test]

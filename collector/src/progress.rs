@@ -6,16 +6,35 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use careers_proto::v1::{ProgressCell, StudyProgress};
+use careers_analyzer::descriptive::LatencyHistogram;
+use careers_proto::v1::item_response::Answer;
+use careers_proto::v1::{ItemResponse, ProgressCell, RespondentProgress, StudyProgress};
 use tokio::sync::watch;
 
-use crate::journal::CellCount;
+use crate::journal::{CellCount, RespondentTotals};
 
 type CellKey = (String, String, String);
+
+/// The accounting of one respondent.
+#[derive(Debug, Default)]
+struct Account {
+    /// Requests made in this run.
+    requests: u64,
+    /// Of them, repeats after a transient error.
+    retries: u64,
+    input_tokens: u64,
+    output_tokens: u64,
+    cost: f64,
+    currency: String,
+    latency: LatencyHistogram,
+    failure: String,
+}
 
 #[derive(Debug, Default)]
 struct State {
     cells: BTreeMap<CellKey, ProgressCell>,
+    /// In the study's respondent order.
+    accounts: Vec<(String, Account)>,
     forwarded: u64,
     rejected: u64,
     samples: VecDeque<(Instant, u64)>,
@@ -32,9 +51,22 @@ pub struct Progress {
 const RATE_WINDOW: Duration = Duration::from_secs(5);
 
 impl Progress {
-    /// Progress starting from the journal's counts.
-    pub fn from_counts(counts: &[CellCount]) -> Self {
+    /// Progress starting from the journal's counts and per-respondent
+    /// totals (`respondents` in the study's order).
+    pub fn from_counts(counts: &[CellCount], respondents: &[RespondentTotals]) -> Self {
         let mut state = State::default();
+        for r in respondents {
+            state.accounts.push((
+                r.respondent.clone(),
+                Account {
+                    input_tokens: r.input_tokens,
+                    output_tokens: r.output_tokens,
+                    cost: r.cost,
+                    currency: r.currency.clone(),
+                    ..Account::default()
+                },
+            ));
+        }
         for c in counts {
             state.forwarded += c.forwarded;
             state.cells.insert(
@@ -91,13 +123,61 @@ impl Progress {
             })
     }
 
+    fn account<'a>(state: &'a mut State, respondent: &str) -> &'a mut Account {
+        let i = match state.accounts.iter().position(|(n, _)| n == respondent) {
+            Some(i) => i,
+            None => {
+                state
+                    .accounts
+                    .push((respondent.to_string(), Account::default()));
+                state.accounts.len() - 1
+            }
+        };
+        &mut state.accounts[i].1
+    }
+
     /// One answer committed to the journal.
-    pub fn answered(&self, respondent: &str, language: &str, instrument: &str, invalid: bool) {
+    pub fn answered(&self, r: &ItemResponse) {
+        let respondent = r
+            .respondent
+            .as_ref()
+            .map(|p| p.name.as_str())
+            .unwrap_or_default();
+        let invalid = matches!(r.answer, Some(Answer::Invalid(_)));
         self.with(|s| {
-            let c = Self::cell(s, respondent, language, instrument);
+            let c = Self::cell(s, respondent, &r.language, &r.instrument_id);
             c.done += 1;
             c.invalid += u64::from(invalid);
+            let a = Self::account(s, respondent);
+            if let Some(t) = &r.tokens {
+                a.input_tokens += t.input_tokens;
+                a.output_tokens += t.output_tokens;
+            }
+            if r.cost.is_finite() {
+                a.cost += r.cost;
+            }
+            if !r.cost_currency.is_empty() && a.currency != r.cost_currency {
+                a.currency.clone_from(&r.cost_currency);
+            }
+            a.latency.add(r.latency_ms);
         });
+    }
+
+    /// Provider requests made for a respondent, `retries` of them repeats
+    /// after a transient error.
+    pub fn requests(&self, respondent: &str, requests: u32, retries: u32) {
+        if requests > 0 {
+            self.with(|s| {
+                let a = Self::account(s, respondent);
+                a.requests += u64::from(requests);
+                a.retries += u64::from(retries);
+            });
+        }
+    }
+
+    /// A respondent stopped by a permanent error.
+    pub fn respondent_failed(&self, respondent: &str, message: &str) {
+        self.with(|s| Self::account(s, respondent).failure = message.to_string());
     }
 
     /// One task failed after all retries.
@@ -153,7 +233,34 @@ impl Progress {
             }
             _ => 0.0,
         };
+        let respondents = s
+            .accounts
+            .iter()
+            .map(|(name, a)| {
+                let (done, total) = s
+                    .cells
+                    .values()
+                    .filter(|c| c.respondent == *name)
+                    .fold((0, 0), |(d, t), c| (d + c.done, t + c.total));
+                RespondentProgress {
+                    respondent: name.clone(),
+                    done,
+                    total,
+                    requests: a.requests,
+                    retries: a.retries,
+                    input_tokens: a.input_tokens,
+                    output_tokens: a.output_tokens,
+                    cost: a.cost,
+                    currency: a.currency.clone(),
+                    latency_p50_ms: a.latency.quantile(0.5),
+                    latency_p90_ms: a.latency.quantile(0.9),
+                    latency_p99_ms: a.latency.quantile(0.99),
+                    failure: a.failure.clone(),
+                }
+            })
+            .collect();
         StudyProgress {
+            respondents,
             done,
             total: cells.iter().map(|c| c.total).sum(),
             invalid: cells.iter().map(|c| c.invalid).sum(),

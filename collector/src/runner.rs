@@ -35,8 +35,8 @@ use std::time::{Duration, Instant, SystemTime};
 use careers_proto::scale;
 use careers_proto::v1::item_response::Answer;
 use careers_proto::v1::{
-    EarlierAnswer, InvalidAnswer, ItemResponse, OptionProbability, RatingSource, Respondent,
-    StudySpec, StudyState, TokenUsage, respondent_spec,
+    Administration, EarlierAnswer, FactorLevel, InvalidAnswer, ItemResponse, OptionProbability,
+    RatingSource, Respondent, StudySpec, StudyState, TokenUsage, respondent_spec,
 };
 use futures::StreamExt;
 use rand::Rng;
@@ -44,7 +44,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tonic::transport::Channel;
 
 use crate::answer::{self, Parsed};
-use crate::instrument::Catalog;
+use crate::instrument::{Catalog, Item};
 use crate::journal::{Journal, JournalError};
 use crate::limit::{self, TokenBucket};
 use crate::outbox::{self, OutboxError};
@@ -53,7 +53,7 @@ use crate::provider::anthropic::Anthropic;
 use crate::provider::http::{self, HttpConfig};
 use crate::provider::openai::OpenAi;
 use crate::provider::simulated::Simulated;
-use crate::provider::{Ask, Provider, ProviderError, Reply, default_base_url};
+use crate::provider::{Ask, BatchItem, Provider, ProviderError, Reply, default_base_url};
 use crate::study::{self, StudyError, Task};
 
 /// Why a run stopped early.
@@ -156,8 +156,6 @@ pub struct Limits {
     pub rating_source: RatingSource,
     /// `max_tokens` as configured (0 when the provider's default).
     pub max_tokens: u32,
-    /// Characters of the system prompt (part of the token estimate).
-    pub system_chars: usize,
 }
 
 impl Default for Limits {
@@ -169,7 +167,6 @@ impl Default for Limits {
             max_retry_wait: DEFAULT_MAX_RETRY_WAIT,
             rating_source: RatingSource::Unspecified,
             max_tokens: 0,
-            system_chars: 0,
         }
     }
 }
@@ -189,7 +186,6 @@ impl Limits {
             rating_source: RatingSource::try_from(api.rating_source)
                 .unwrap_or(RatingSource::Unspecified),
             max_tokens: api.max_tokens,
-            system_chars: api.system_prompt.chars().count(),
         }
     }
 
@@ -201,9 +197,11 @@ impl Limits {
         }
     }
 
-    /// The token estimate charged before a request with this prompt.
-    fn estimate(&self, prompt: &str) -> f64 {
-        limit::estimate_tokens(prompt, self.max_tokens) + (self.system_chars as f64 / 4.0).ceil()
+    /// The token estimate charged before a request with this prompt and
+    /// system prompt.
+    fn estimate(&self, prompt: &str, system: Option<&str>) -> f64 {
+        limit::estimate_tokens(prompt, self.max_tokens)
+            + (system.map_or(0, |s| s.chars().count()) as f64 / 4.0).ceil()
     }
 
     /// The server's hint, capped at [`Limits::max_retry_wait`] (logged when
@@ -233,6 +231,43 @@ pub struct Endpoint {
     pub provider: Arc<dyn Provider>,
     /// How it may be asked.
     pub limits: Limits,
+    /// The respondent's own system prompt (empty: none).
+    pub system_prompt: String,
+    /// Token prices, when configured.
+    pub prices: Option<Prices>,
+}
+
+/// Token prices of a respondent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prices {
+    /// Per million prompt tokens.
+    pub input_per_million: f64,
+    /// Per million completion tokens.
+    pub output_per_million: f64,
+    /// ISO 4217 code.
+    pub currency: String,
+}
+
+impl Prices {
+    /// The prices an HTTP respondent's settings give, `None` when both are 0.
+    pub fn from_api(api: &careers_proto::v1::ApiSettings) -> Option<Self> {
+        (api.input_price_per_million > 0.0 || api.output_price_per_million > 0.0).then(|| Self {
+            input_per_million: api.input_price_per_million,
+            output_per_million: api.output_price_per_million,
+            currency: if api.currency.is_empty() {
+                "USD".to_string()
+            } else {
+                api.currency.clone()
+            },
+        })
+    }
+
+    /// The cost of these tokens.
+    pub fn cost(&self, input_tokens: u64, output_tokens: u64) -> f64 {
+        (input_tokens as f64 * self.input_per_million
+            + output_tokens as f64 * self.output_per_million)
+            / 1e6
+    }
 }
 
 /// Builds every respondent's provider and limits from a (validated) spec.
@@ -244,6 +279,8 @@ pub fn build_providers(spec: &StudySpec) -> Result<HashMap<String, Endpoint>, St
         };
         let prefix = format!("respondents[{i}]");
         let mut limits = Limits::default();
+        let mut system_prompt = String::new();
+        let mut prices = None;
         let provider: Arc<dyn Provider> = match &r.settings {
             Some(respondent_spec::Settings::Simulated(profile)) => Arc::new(
                 Simulated::new(&respondent.name, spec.seed, profile.clone()).map_err(|e| {
@@ -263,6 +300,8 @@ pub fn build_providers(spec: &StudySpec) -> Result<HashMap<String, Endpoint>, St
                     api.base_url.as_str()
                 };
                 limits = Limits::from_api(api);
+                system_prompt.clone_from(&api.system_prompt);
+                prices = Prices::from_api(api);
                 if api.logprobs && respondent.provider == "anthropic" {
                     tracing::warn!(
                         respondent = %respondent.name,
@@ -276,7 +315,6 @@ pub fn build_providers(spec: &StudySpec) -> Result<HashMap<String, Endpoint>, St
                     key,
                     temperature: api.temperature,
                     max_tokens: api.max_tokens,
-                    system: (!api.system_prompt.is_empty()).then(|| api.system_prompt.clone()),
                     timeout: if api.timeout_secs == 0 {
                         http::DEFAULT_TIMEOUT
                     } else {
@@ -304,7 +342,15 @@ pub fn build_providers(spec: &StudySpec) -> Result<HashMap<String, Endpoint>, St
                 });
             }
         };
-        out.insert(respondent.name.clone(), Endpoint { provider, limits });
+        out.insert(
+            respondent.name.clone(),
+            Endpoint {
+                provider,
+                limits,
+                system_prompt,
+                prices,
+            },
+        );
     }
     Ok(out)
 }
@@ -320,9 +366,21 @@ pub async fn prepare(
     ctx.journal.create_study(request_id, spec).await?;
     let tasks = study::tasks(spec, &ctx.catalog);
     ctx.journal.ensure_tasks(&spec.name, &tasks).await?;
-    Ok(Arc::new(Progress::from_counts(
-        &ctx.journal.cell_counts(&spec.name).await?,
-    )))
+    Ok(Arc::new(load_progress(&ctx.journal, spec).await?))
+}
+
+/// A study's progress as the journal has it.
+pub async fn load_progress(journal: &Journal, spec: &StudySpec) -> Result<Progress, JournalError> {
+    let names: Vec<String> = spec
+        .respondents
+        .iter()
+        .filter_map(|r| r.respondent.as_ref())
+        .map(|r| r.name.clone())
+        .collect();
+    Ok(Progress::from_counts(
+        &journal.cell_counts(&spec.name).await?,
+        &journal.respondent_totals(&spec.name, &names).await?,
+    ))
 }
 
 /// Runs (or resumes) a prepared study to the end, or until `cancel` is true.
@@ -382,17 +440,7 @@ pub async fn run(
                 let _ = done.send(());
             }
             for r in batch {
-                let name = r
-                    .respondent
-                    .as_ref()
-                    .map(|p| p.name.as_str())
-                    .unwrap_or_default();
-                writer_progress.answered(
-                    name,
-                    &r.language,
-                    &r.instrument_id,
-                    matches!(r.answer, Some(Answer::Invalid(_))),
-                );
+                writer_progress.answered(&r);
                 written += 1;
                 // The outbox also finds answers in the journal, so a closed
                 // channel (outbox gone) loses nothing.
@@ -408,16 +456,28 @@ pub async fn run(
     let concurrency = spec.concurrency.max(1) as usize;
     // Requests in flight over the whole study.
     let slots = Semaphore::new(concurrency);
-    // One queue per respondent, in administration order.
-    let mut queues: Vec<(String, Vec<Task>)> = Vec::new();
+    // One queue per respondent, in administration order, of units: one task
+    // each, or under all-items administration the pending tasks of one form.
+    let all_items = is_all_items(spec);
+    let mut queues: Vec<(String, Vec<Vec<Task>>)> = Vec::new();
     for task_id in &pending {
         let Some(task) = tasks.get(task_id) else {
             tracing::warn!(%task_id, "journal task not in the study design; skipped");
             continue;
         };
-        match queues.iter_mut().find(|(name, _)| *name == task.respondent) {
-            Some((_, queue)) => queue.push(task.clone()),
-            None => queues.push((task.respondent.clone(), vec![task.clone()])),
+        let queue = match queues
+            .iter_mut()
+            .position(|(name, _)| *name == task.respondent)
+        {
+            Some(i) => &mut queues[i].1,
+            None => {
+                queues.push((task.respondent.clone(), Vec::new()));
+                &mut queues.last_mut().expect("just pushed").1
+            }
+        };
+        match queue.last_mut() {
+            Some(unit) if all_items && unit[0].same_form(task) => unit.push(task.clone()),
+            _ => queue.push(vec![task.clone()]),
         }
     }
     let shared = Shared {
@@ -503,14 +563,19 @@ struct Shared<'a> {
     progress: &'a Progress,
 }
 
-/// Works one respondent's queue with at most `width` tasks at once.
-async fn drain(shared: &Shared<'_>, queue: Vec<Task>, width: usize) {
+/// Whether the study asks all items of a form in one request.
+fn is_all_items(spec: &StudySpec) -> bool {
+    spec.administration == Administration::AllItems as i32
+}
+
+/// Works one respondent's queue with at most `width` units at once.
+async fn drain(shared: &Shared<'_>, queue: Vec<Vec<Task>>, width: usize) {
     let mut queue = queue.into_iter();
     let mut running = futures::stream::FuturesUnordered::new();
     loop {
         while running.len() < width.max(1) {
             match queue.next() {
-                Some(task) => running.push(ask_one(shared, task)),
+                Some(unit) => running.push(ask_one(shared, unit)),
                 None => break,
             }
         }
@@ -520,74 +585,86 @@ async fn drain(shared: &Shared<'_>, queue: Vec<Task>, width: usize) {
     }
 }
 
-/// Asks one task and hands its answer to the writer, or records its failure.
-async fn ask_one(shared: &Shared<'_>, task: Task) {
+/// Asks one unit (a task, or the pending tasks of a form) and hands its
+/// answers to the writer, or records its failure.
+async fn ask_one(shared: &Shared<'_>, unit: Vec<Task>) {
     let cancel = shared.cancel;
     let progress = shared.progress;
+    let Some(first) = unit.first() else {
+        return;
+    };
     if *cancel.borrow() {
         return;
     }
     let (Some(endpoint), Some(respondent)) = (
-        shared.endpoints.get(&task.respondent),
-        shared.respondents.get(&task.respondent),
+        shared.endpoints.get(&first.respondent),
+        shared.respondents.get(&first.respondent),
     ) else {
         return;
     };
-    if is_failed(shared.failed_respondents, &task.respondent) {
+    if is_failed(shared.failed_respondents, &first.respondent) {
         return;
     }
+    let mut requests = (0, 0);
     let result = administer(
         shared.ctx,
         shared.spec,
-        &task,
+        &unit,
         endpoint,
         shared.slots,
         respondent,
         cancel.clone(),
+        &mut requests,
     )
     .await;
-    match result {
-        Ok(response) => {
-            let (done, committed) = oneshot::channel();
-            if shared.answers_tx.send((response, done)).await.is_ok() {
-                // Hold this task's place until its answer is durable.
-                let _ = committed.await;
+    progress.requests(&first.respondent, requests.0, requests.1);
+    let error = match result {
+        Ok(responses) => {
+            let mut committed = Vec::with_capacity(responses.len());
+            for response in responses {
+                let (done, is_committed) = oneshot::channel();
+                if shared.answers_tx.send((response, done)).await.is_err() {
+                    return;
+                }
+                committed.push(is_committed);
             }
-        }
-        Err(e @ ProviderError::Permanent(_)) => {
-            shared
-                .failed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            progress.failed(
-                &task.respondent,
-                &task.language,
-                &task.instrument_id,
-                &e.to_string(),
-            );
-            let first = match shared.failed_respondents.lock() {
-                Ok(mut map) => map.insert(task.respondent.clone(), e.to_string()).is_none(),
-                Err(poisoned) => poisoned
-                    .into_inner()
-                    .insert(task.respondent.clone(), e.to_string())
-                    .is_none(),
-            };
-            if first {
-                tracing::error!(respondent = %task.respondent, error = %e, "respondent failed; its remaining tasks are skipped");
+            // Hold this unit's place until its answers are durable.
+            for is_committed in committed {
+                let _ = is_committed.await;
             }
+            return;
         }
-        Err(_) if *cancel.borrow() => {}
-        Err(e) => {
-            shared
-                .failed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            progress.failed(
-                &task.respondent,
-                &task.language,
-                &task.instrument_id,
-                &e.to_string(),
-            );
-            tracing::warn!(task = %task.task_id, error = %e, "task failed after retries");
+        Err(_) if *cancel.borrow() => return,
+        Err(e) => e,
+    };
+    shared
+        .failed
+        .fetch_add(unit.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    for task in &unit {
+        progress.failed(
+            &task.respondent,
+            &task.language,
+            &task.instrument_id,
+            &error.to_string(),
+        );
+    }
+    if let ProviderError::Permanent(_) = error {
+        let message = error.to_string();
+        let first_failure = match shared.failed_respondents.lock() {
+            Ok(mut map) => map
+                .insert(first.respondent.clone(), message.clone())
+                .is_none(),
+            Err(poisoned) => poisoned
+                .into_inner()
+                .insert(first.respondent.clone(), message.clone())
+                .is_none(),
+        };
+        if first_failure {
+            progress.respondent_failed(&first.respondent, &message);
+            tracing::error!(respondent = %first.respondent, error = %message, "respondent failed; its remaining tasks are skipped");
         }
+    } else {
+        tracing::warn!(task = %first.task_id, tasks = unit.len(), error = %error, "task failed after retries");
     }
 }
 
@@ -598,106 +675,279 @@ fn is_failed(failed: &Mutex<BTreeMap<String, String>>, respondent: &str) -> bool
     }
 }
 
-/// Asks one task, retrying transient errors, and builds its response.
+/// How a task's condition (its design-factor levels) frames the prompt.
+#[derive(Debug, Default, PartialEq)]
+pub struct Framing<'a> {
+    /// The system prompt: the respondent's, then each level's, a paragraph each.
+    pub system: Option<String>,
+    /// The instructions replacing the instrument's (the last factor's wins).
+    pub instructions: Option<&'a str>,
+    /// Text put before the prompt, a paragraph per level.
+    pub preamble: Option<String>,
+}
+
+/// The framing of `task` under `spec`'s factors for a respondent whose own
+/// system prompt is `system`.
+pub fn framing<'a>(spec: &'a StudySpec, system: &str, task: &Task) -> Framing<'a> {
+    let levels: Vec<&'a FactorLevel> = spec
+        .factors
+        .iter()
+        .zip(&task.levels)
+        .filter_map(|(f, &l)| f.levels.get(l))
+        .collect();
+    let join = |parts: Vec<&str>| -> Option<String> {
+        let parts: Vec<&str> = parts.into_iter().filter(|p| !p.trim().is_empty()).collect();
+        (!parts.is_empty()).then(|| parts.join("\n\n"))
+    };
+    let lang = task.language.as_str();
+    let mut systems = vec![system];
+    systems.extend(
+        levels
+            .iter()
+            .filter_map(|l| l.system_prompt.get(lang).map(String::as_str)),
+    );
+    Framing {
+        system: join(systems),
+        instructions: levels
+            .iter()
+            .rev()
+            .find_map(|l| l.instructions.get(lang).map(String::as_str)),
+        preamble: join(
+            levels
+                .iter()
+                .filter_map(|l| l.preamble.get(lang).map(String::as_str))
+                .collect(),
+        ),
+    }
+}
+
+/// A finished item of a unit.
+struct Answered {
+    answer: Answer,
+    raw_text: String,
+    probabilities: Vec<OptionProbability>,
+    latency: Duration,
+    attempt: u32,
+}
+
+/// Asks one unit (one task, or under all-items administration the pending
+/// tasks of one form in one numbered request), retrying transient errors and
+/// re-asking unusable answers, and builds a response per task. `requests`
+/// counts the provider requests made and, of them, the retries after a
+/// transient error.
+#[allow(clippy::too_many_arguments)]
 async fn administer(
     ctx: &RunContext,
     spec: &StudySpec,
-    task: &Task,
+    unit: &[Task],
     endpoint: &Endpoint,
     slots: &Semaphore,
     respondent: &Respondent,
     mut cancel: watch::Receiver<bool>,
-) -> Result<ItemResponse, ProviderError> {
+    requests: &mut (u32, u32),
+) -> Result<Vec<ItemResponse>, ProviderError> {
     let limits = &endpoint.limits;
-    let instrument = ctx.catalog.get(&task.instrument_id).ok_or_else(|| {
-        ProviderError::Permanent(format!("instrument {} vanished", task.instrument_id))
+    let first = unit
+        .first()
+        .ok_or_else(|| ProviderError::Permanent("an empty unit of tasks".into()))?;
+    let all_items = is_all_items(spec);
+    let instrument = ctx.catalog.get(&first.instrument_id).ok_or_else(|| {
+        ProviderError::Permanent(format!("instrument {} vanished", first.instrument_id))
     })?;
-    let item = instrument
-        .item(&task.item_id)
-        .ok_or_else(|| ProviderError::Permanent(format!("item {} vanished", task.item_id)))?;
-    let prompt = instrument
-        .render_prompt(item, &task.language)
-        .ok_or_else(|| ProviderError::Permanent(format!("no {} prompt", task.language)))?;
+    let items = unit
+        .iter()
+        .map(|t| {
+            instrument
+                .item(&t.item_id)
+                .ok_or_else(|| ProviderError::Permanent(format!("item {} vanished", t.item_id)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let language = first.language.as_str();
     let options = instrument
         .options
-        .get(&task.language)
-        .ok_or_else(|| ProviderError::Permanent(format!("no {} options", task.language)))?;
+        .get(language)
+        .ok_or_else(|| ProviderError::Permanent(format!("no {language} options")))?;
     let labels = instrument.labels();
+    let frame = framing(spec, &endpoint.system_prompt, first);
+    let n = unit.len();
+    let mut earlier: Vec<Vec<EarlierAnswer>> = vec![Vec::new(); n];
+    let mut tokens: Vec<(u64, u64)> = vec![(0, 0); n];
+    // Requests and retries charged per item: each request to the first item
+    // it asked, so their sum over the unit is what was made.
+    let mut charged: Vec<(u32, u32)> = vec![(0, 0); n];
+    let mut answered: Vec<Option<Answered>> = (0..n).map(|_| None).collect();
+    let mut open: Vec<usize> = (0..n).collect();
     let mut attempt = 0;
-    let mut earlier_answers = Vec::new();
-    let (mut input_tokens, mut output_tokens) = (0, 0);
-    let mut current = prompt.clone();
-    let (reply, latency, parsed) = loop {
+    let mut round = 0;
+    while !open.is_empty() {
+        let asked: Vec<&Item> = open.iter().map(|&i| items[i]).collect();
+        let mut prompt = if all_items {
+            instrument.render_batch_prompt(&asked, language, frame.instructions)
+        } else {
+            instrument.render_prompt(asked[0], language, frame.instructions)
+        }
+        .ok_or_else(|| ProviderError::Permanent(format!("no {language} prompt")))?;
+        if let Some(preamble) = &frame.preamble {
+            prompt = format!("{preamble}\n\n{prompt}");
+        }
+        if round > 0 {
+            prompt = format!("{prompt}\n\n{}", stricter_follow_up(language, all_items));
+        }
+        let batch: Vec<BatchItem> = if all_items {
+            open.iter()
+                .map(|&i| BatchItem {
+                    task_id: unit[i].task_id,
+                    item_id: &items[i].id,
+                    scale_index: scale::index(items[i].scale).unwrap_or(0),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let lead = open[0];
         let ask = Ask {
-            task_id: task.task_id,
+            task_id: unit[lead].task_id,
             instrument_id: &instrument.id,
             construct: &instrument.construct,
-            item_id: &item.id,
-            scale_index: scale::index(item.scale).unwrap_or(0),
-            language: &task.language,
-            prompt: &current,
+            item_id: &items[lead].id,
+            scale_index: scale::index(items[lead].scale).unwrap_or(0),
+            language,
+            prompt: &prompt,
             options,
+            system: frame.system.as_deref(),
+            batch: &batch,
         };
-        let (reply, latency) =
-            request(ctx, task, endpoint, slots, ask, &mut attempt, &mut cancel).await?;
-        input_tokens += reply.input_tokens;
-        output_tokens += reply.output_tokens;
-        let parsed = match answer::parse(&reply.text, &labels) {
-            Parsed::Rating(r) => Answer::Rating(r),
-            Parsed::Invalid { reason, detail } => Answer::Invalid(InvalidAnswer {
-                reason: reason as i32,
-                detail,
-            }),
-        };
-        match parsed {
-            // Probabilities can still decide the rating; only re-ask when they cannot.
-            Answer::Invalid(invalid)
-                if earlier_answers.len() < spec.reask_invalid as usize
-                    && reply.option_probabilities.is_empty() =>
-            {
-                earlier_answers.push(EarlierAnswer {
-                    attempt,
-                    raw_text: reply.text,
-                    invalid: Some(invalid),
-                });
-                current = format!("{prompt}\n\n{}", stricter_follow_up(&task.language));
-            }
-            parsed => break (reply, latency, parsed),
+        let before = attempt;
+        let result = request(ctx, first, endpoint, slots, ask, &mut attempt, &mut cancel).await;
+        let made = attempt - before;
+        requests.0 += made;
+        requests.1 += made.saturating_sub(1);
+        charged[lead].0 += made;
+        charged[lead].1 += made.saturating_sub(1);
+        let (reply, latency) = result?;
+        // A request's tokens are split evenly over the items it asked.
+        let k = open.len() as u64;
+        for (j, &i) in open.iter().enumerate() {
+            let j = j as u64;
+            tokens[i].0 += reply.input_tokens / k + u64::from(j < reply.input_tokens % k);
+            tokens[i].1 += reply.output_tokens / k + u64::from(j < reply.output_tokens % k);
         }
+        // Log-probabilities describe one rating token: only a one-item reply has them.
+        let (parsed, probabilities) = if all_items {
+            (
+                answer::parse_numbered(&reply.text, open.len(), &labels),
+                Vec::new(),
+            )
+        } else {
+            (
+                vec![(answer::parse(&reply.text, &labels), reply.text.clone())],
+                reply.option_probabilities,
+            )
+        };
+        let mut still_open = Vec::new();
+        for (&i, (parsed, raw_text)) in open.iter().zip(parsed) {
+            let answer = match parsed {
+                Parsed::Rating(r) => Answer::Rating(r),
+                Parsed::Invalid { reason, detail } => Answer::Invalid(InvalidAnswer {
+                    reason: reason as i32,
+                    detail,
+                }),
+            };
+            match answer {
+                // Probabilities can still decide the rating; only re-ask when they cannot.
+                Answer::Invalid(invalid)
+                    if round < spec.reask_invalid && probabilities.is_empty() =>
+                {
+                    earlier[i].push(EarlierAnswer {
+                        attempt,
+                        raw_text,
+                        invalid: Some(invalid),
+                    });
+                    still_open.push(i);
+                }
+                answer => {
+                    answered[i] = Some(Answered {
+                        answer,
+                        raw_text,
+                        probabilities: probabilities.clone(),
+                        latency,
+                        attempt,
+                    });
+                }
+            }
+        }
+        open = still_open;
+        round += 1;
+    }
+    let administration = if all_items {
+        Administration::AllItems
+    } else {
+        Administration::OneItem
     };
-    let probabilities = normalise(reply.option_probabilities);
-    let expected = expected_rating(&probabilities);
-    let answer = choose(parsed, &probabilities, limits.rating_source);
-    Ok(ItemResponse {
-        response_id: task.task_id.to_string(),
-        study_id: spec.name.clone(),
-        instrument_id: instrument.id.clone(),
-        item_id: item.id.clone(),
-        scale: item.scale as i32,
-        respondent: Some(respondent.clone()),
-        language: task.language.clone(),
-        replication: task.replication,
-        answer: Some(answer),
-        raw_text: reply.text,
-        option_probabilities: probabilities,
-        expected_rating: expected.unwrap_or(0.0),
-        tokens: Some(TokenUsage {
-            input_tokens,
-            output_tokens,
-        }),
-        latency_ms: u32::try_from(latency.as_millis()).unwrap_or(u32::MAX),
-        answered_at: Some(prost_types::Timestamp::from(SystemTime::now())),
-        attempt,
-        earlier_answers,
-    })
+    let mut out = Vec::with_capacity(n);
+    for ((((task, item), done), ((input_tokens, output_tokens), earlier_answers)), charged) in unit
+        .iter()
+        .zip(&items)
+        .zip(answered)
+        .zip(tokens.into_iter().zip(earlier))
+        .zip(charged)
+    {
+        let done = done
+            .ok_or_else(|| ProviderError::Permanent(format!("task {} unanswered", task.task_id)))?;
+        let probabilities = normalise(done.probabilities);
+        let expected = expected_rating(&probabilities);
+        let answer = choose(done.answer, &probabilities, limits.rating_source);
+        let (cost, cost_currency) = match &endpoint.prices {
+            Some(p) => (p.cost(input_tokens, output_tokens), p.currency.clone()),
+            None => (0.0, String::new()),
+        };
+        out.push(ItemResponse {
+            response_id: task.task_id.to_string(),
+            study_id: spec.name.clone(),
+            instrument_id: instrument.id.clone(),
+            item_id: item.id.clone(),
+            scale: item.scale as i32,
+            respondent: Some(respondent.clone()),
+            language: task.language.clone(),
+            replication: task.replication,
+            answer: Some(answer),
+            raw_text: done.raw_text,
+            option_probabilities: probabilities,
+            expected_rating: expected.unwrap_or(0.0),
+            tokens: Some(TokenUsage {
+                input_tokens,
+                output_tokens,
+            }),
+            latency_ms: u32::try_from(done.latency.as_millis()).unwrap_or(u32::MAX),
+            answered_at: Some(prost_types::Timestamp::from(SystemTime::now())),
+            attempt: done.attempt,
+            earlier_answers,
+            conditions: task.conditions.clone(),
+            cost,
+            cost_currency,
+            administration: administration as i32,
+            requests: charged.0,
+            retries: charged.1,
+        });
+    }
+    Ok(out)
 }
 
-/// The sentence added to the prompt when an unusable answer is re-asked.
-fn stricter_follow_up(language: &str) -> &'static str {
-    if language.starts_with("zh") {
-        "你上一次的回答无法识别为其中一个选项。请只回答一个1到5之间的数字，不要写其他内容。"
-    } else {
-        "Your previous answer could not be read as one of the options. Reply with a single number from 1 to 5 and nothing else."
+/// The sentence added to the prompt when unusable answers are re-asked.
+fn stricter_follow_up(language: &str, all_items: bool) -> &'static str {
+    match (language.starts_with("zh"), all_items) {
+        (true, false) => {
+            "你上一次的回答无法识别为其中一个选项。请只回答一个1到5之间的数字，不要写其他内容。"
+        }
+        (true, true) => {
+            "你上一次对这些活动的回答无法识别。请每行只写一个活动：活动编号、冒号和一个1到5之间的数字（例如“1: 4”），不要写其他内容。"
+        }
+        (false, false) => {
+            "Your previous answer could not be read as one of the options. Reply with a single number from 1 to 5 and nothing else."
+        }
+        (false, true) => {
+            "Your previous answers to these activities could not be read. Reply with one line per activity: its number, a colon and a single number from 1 to 5 (e.g. \"1: 4\"), and nothing else."
+        }
     }
 }
 
@@ -716,7 +966,7 @@ async fn request(
     let provider = endpoint.provider.as_ref();
     let limits = &endpoint.limits;
     let first_attempt = *attempt;
-    let estimate = limits.estimate(ask.prompt);
+    let estimate = limits.estimate(ask.prompt, ask.system);
     let (reply, latency) = loop {
         *attempt += 1;
         let wait_turn = async {

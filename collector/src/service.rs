@@ -57,7 +57,8 @@ impl Collector {
             .map(|r| r.progress.clone());
         let progress = match live {
             Some(p) => p.snapshot(),
-            None => Progress::from_counts(&self.ctx.journal.cell_counts(&row.study_id).await?)
+            None => runner::load_progress(&self.ctx.journal, &row.spec)
+                .await?
                 .snapshot(),
         };
         Ok(Study {

@@ -7,10 +7,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use careers_proto::ids::response_id;
+use careers_proto::ids::response_id_with_conditions;
 use careers_proto::scale::{self, RIASEC};
 use careers_proto::v1::{
-    self, ApiSettings, RatingSource, RespondentSpec, SimulatedProfile, StudySpec, respondent_spec,
+    self, Administration, ApiSettings, DesignFactor, FactorLevel, RatingSource, RespondentSpec,
+    SimulatedProfile, StudySpec, respondent_spec,
 };
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -104,6 +105,12 @@ struct RespondentFile {
     max_concurrency: Option<u32>,
     #[serde(default)]
     max_retry_wait_secs: Option<u32>,
+    #[serde(default)]
+    input_price_per_million: Option<f64>,
+    #[serde(default)]
+    output_price_per_million: Option<f64>,
+    #[serde(default)]
+    currency: Option<String>,
 }
 
 impl RespondentFile {
@@ -123,6 +130,15 @@ impl RespondentFile {
             ("tokens_per_minute", self.tokens_per_minute.is_some()),
             ("max_concurrency", self.max_concurrency.is_some()),
             ("max_retry_wait_secs", self.max_retry_wait_secs.is_some()),
+            (
+                "input_price_per_million",
+                self.input_price_per_million.is_some(),
+            ),
+            (
+                "output_price_per_million",
+                self.output_price_per_million.is_some(),
+            ),
+            ("currency", self.currency.is_some()),
         ]
         .into_iter()
         .find(|(_, set)| *set)
@@ -163,8 +179,71 @@ struct StudyFile {
     concurrency: u32,
     #[serde(default)]
     reask_invalid: u32,
+    #[serde(default)]
+    administration: Option<String>,
+    #[serde(default)]
+    factors: Vec<FactorFile>,
     respondents: Vec<RespondentFile>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FactorFile {
+    name: String,
+    levels: Vec<LevelFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LevelFile {
+    name: String,
+    #[serde(default)]
+    system_prompt: BTreeMap<String, String>,
+    #[serde(default)]
+    instructions: BTreeMap<String, String>,
+    #[serde(default)]
+    preamble: BTreeMap<String, String>,
+}
+
+/// The administration named in a study file: `one_item` or `all_items`.
+pub fn administration_from_name(name: &str) -> Option<Administration> {
+    Some(match name {
+        "one_item" => Administration::OneItem,
+        "all_items" => Administration::AllItems,
+        _ => return None,
+    })
+}
+
+/// Most design factors a study may have.
+pub const MAX_FACTORS: usize = 8;
+
+/// Most levels one factor may have.
+pub const MAX_LEVELS: usize = 64;
+
+/// Column names a factor may not take: the analyzer's built-in columns.
+pub const RESERVED_COLUMNS: &[&str] = &[
+    "response_id",
+    "study",
+    "study_id",
+    "instrument",
+    "instrument_id",
+    "construct",
+    "item",
+    "item_id",
+    "scale",
+    "respondent",
+    "provider",
+    "model",
+    "version_label",
+    "family",
+    "language",
+    "replication",
+    "rating",
+    "invalid_reason",
+    "expected_rating",
+    "attempt",
+    "administration",
+];
 
 fn default_concurrency() -> u32 {
     32
@@ -265,6 +344,9 @@ pub fn parse_file(text: &str) -> Result<StudySpec, StudyError> {
                 tokens_per_minute: r.tokens_per_minute.unwrap_or(0.0),
                 max_concurrency: r.max_concurrency.unwrap_or(0),
                 max_retry_wait_secs: r.max_retry_wait_secs.unwrap_or(0),
+                input_price_per_million: r.input_price_per_million.unwrap_or(0.0),
+                output_price_per_million: r.output_price_per_million.unwrap_or(0.0),
+                currency: r.currency.unwrap_or_default(),
             })),
         };
         let model = if r.model.is_empty() {
@@ -283,7 +365,35 @@ pub fn parse_file(text: &str) -> Result<StudySpec, StudyError> {
             settings,
         });
     }
+    let administration = match file.administration.as_deref() {
+        None => Administration::Unspecified,
+        Some(name) => administration_from_name(name).ok_or_else(|| {
+            bad(
+                "administration",
+                format!("{name:?} is not one of one_item, all_items"),
+            )
+        })?,
+    };
+    let factors = file
+        .factors
+        .into_iter()
+        .map(|f| DesignFactor {
+            name: f.name,
+            levels: f
+                .levels
+                .into_iter()
+                .map(|l| FactorLevel {
+                    name: l.name,
+                    system_prompt: l.system_prompt.into_iter().collect(),
+                    instructions: l.instructions.into_iter().collect(),
+                    preamble: l.preamble.into_iter().collect(),
+                })
+                .collect(),
+        })
+        .collect();
     Ok(StudySpec {
+        administration: administration as i32,
+        factors,
         name: file.name,
         respondents,
         languages: file.languages,
@@ -357,6 +467,13 @@ pub fn validate_with_env(
             return Err(bad(field, "lists a value twice"));
         }
     }
+    if Administration::try_from(spec.administration).is_err() {
+        return Err(bad(
+            "administration",
+            format!("{} is not a known administration", spec.administration),
+        ));
+    }
+    validate_factors(spec)?;
     let mut items_per_language = 0u64;
     for (i, id) in spec.instruments.iter().enumerate() {
         let instrument = catalog.get(id).ok_or_else(|| {
@@ -439,6 +556,17 @@ pub fn validate_with_env(
                     ));
                 }
                 validate_api(api, &prefix)?;
+                if spec.administration == Administration::AllItems as i32
+                    && matches!(
+                        RatingSource::try_from(api.rating_source),
+                        Ok(RatingSource::MostProbable | RatingSource::Expected)
+                    )
+                {
+                    return Err(bad(
+                        format!("{prefix}.rating_source"),
+                        "ratings from option probabilities need one-item administration (log-probabilities describe one rating token)",
+                    ));
+                }
                 http::resolve_key(&respondent.provider, api, &prefix, env)?;
             }
             None => {
@@ -449,15 +577,95 @@ pub fn validate_with_env(
             }
         }
     }
+    let conditions: u64 = spec.factors.iter().map(|f| f.levels.len() as u64).product();
     let total = spec.respondents.len() as u64
         * spec.languages.len() as u64
         * items_per_language
+        * conditions
         * u64::from(spec.replications);
     if total > MAX_TASKS {
         return Err(bad(
             "replications",
             format!("the study would have {total} tasks, at most {MAX_TASKS} allowed"),
         ));
+    }
+    Ok(())
+}
+
+/// Checks the design factors: names usable as columns, levels named and
+/// unique, texts only for the study's languages.
+fn validate_factors(spec: &StudySpec) -> Result<(), StudyError> {
+    if spec.factors.len() > MAX_FACTORS {
+        return Err(bad(
+            "factors",
+            format!("{} factors, at most {MAX_FACTORS}", spec.factors.len()),
+        ));
+    }
+    let mut names = BTreeSet::new();
+    for (i, factor) in spec.factors.iter().enumerate() {
+        let field = format!("factors[{i}]");
+        let name = &factor.name;
+        let mut chars = name.chars();
+        let identifier = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && name.len() <= 64;
+        if !identifier {
+            return Err(bad(
+                format!("{field}.name"),
+                format!(
+                    "{name:?} must be a letter, then letters, digits or '_' (at most 64): it becomes a column name"
+                ),
+            ));
+        }
+        if RESERVED_COLUMNS.contains(&name.to_ascii_lowercase().as_str()) {
+            return Err(bad(
+                format!("{field}.name"),
+                format!("{name:?} is a built-in column"),
+            ));
+        }
+        if !names.insert(name.to_ascii_lowercase()) {
+            return Err(bad(
+                format!("{field}.name"),
+                format!("{name:?} is used twice"),
+            ));
+        }
+        if factor.levels.is_empty() || factor.levels.len() > MAX_LEVELS {
+            return Err(bad(
+                format!("{field}.levels"),
+                format!("{} levels, must be 1 to {MAX_LEVELS}", factor.levels.len()),
+            ));
+        }
+        let mut levels = BTreeSet::new();
+        for (j, level) in factor.levels.iter().enumerate() {
+            let field = format!("{field}.levels[{j}]");
+            check_name(&format!("{field}.name"), &level.name)?;
+            if !levels.insert(level.name.as_str()) {
+                return Err(bad(
+                    format!("{field}.name"),
+                    format!("{:?} is used twice", level.name),
+                ));
+            }
+            for (part, texts) in [
+                ("system_prompt", &level.system_prompt),
+                ("instructions", &level.instructions),
+                ("preamble", &level.preamble),
+            ] {
+                for (language, text) in texts {
+                    if !spec.languages.contains(language) {
+                        return Err(bad(
+                            format!("{field}.{part}.{language}"),
+                            format!("the study has no language {language:?}"),
+                        ));
+                    }
+                    if text.chars().count() > MAX_SYSTEM_PROMPT_CHARS {
+                        return Err(bad(
+                            format!("{field}.{part}.{language}"),
+                            format!("longer than {MAX_SYSTEM_PROMPT_CHARS} characters"),
+                        ));
+                    }
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -487,6 +695,28 @@ pub fn validate_api(api: &ApiSettings, prefix: &str) -> Result<(), StudyError> {
                 format!("{value} is negative"),
             ));
         }
+    }
+    for (key, value) in [
+        ("input_price_per_million", api.input_price_per_million),
+        ("output_price_per_million", api.output_price_per_million),
+    ] {
+        if !value.is_finite() || value < 0.0 {
+            return Err(bad(
+                format!("{prefix}.{key}"),
+                format!("{value} is not a non-negative number"),
+            ));
+        }
+    }
+    if !(api.currency.is_empty()
+        || (api.currency.len() == 3 && api.currency.chars().all(|c| c.is_ascii_uppercase())))
+    {
+        return Err(bad(
+            format!("{prefix}.currency"),
+            format!(
+                "{:?} is not an ISO 4217 code (three capital letters)",
+                api.currency
+            ),
+        ));
     }
     if api.system_prompt.chars().count() > MAX_SYSTEM_PROMPT_CHARS {
         return Err(bad(
@@ -548,14 +778,51 @@ pub struct Task {
     pub item_id: String,
     /// Replication, from 1.
     pub replication: u32,
+    /// The level of each design factor, by factor name (empty without factors).
+    pub conditions: BTreeMap<String, String>,
+    /// The index of each factor's level, in the order of `StudySpec.factors`.
+    pub levels: Vec<usize>,
     /// Administration order within the study.
     pub order: u64,
 }
 
+impl Task {
+    /// Whether `other` belongs to the same form: the same respondent,
+    /// language, instrument, replication and conditions (the items asked
+    /// together under `ADMINISTRATION_ALL_ITEMS`).
+    pub fn same_form(&self, other: &Task) -> bool {
+        self.respondent == other.respondent
+            && self.language == other.language
+            && self.instrument_id == other.instrument_id
+            && self.replication == other.replication
+            && self.levels == other.levels
+    }
+}
+
+/// Every combination of the factors' level indices, the last factor varying
+/// fastest; one empty combination without factors.
+pub fn level_combinations(factors: &[DesignFactor]) -> Vec<Vec<usize>> {
+    let mut out = vec![Vec::new()];
+    for factor in factors {
+        out = out
+            .into_iter()
+            .flat_map(|prefix| {
+                (0..factor.levels.len()).map(move |level| {
+                    let mut next = prefix.clone();
+                    next.push(level);
+                    next
+                })
+            })
+            .collect();
+    }
+    out
+}
+
 /// Every task of a (validated) spec, in administration order: replication by
-/// replication, so a partial run is balanced across respondents and languages,
-/// with the items of each replication in a seeded random order.
+/// replication, so a partial run is balanced across respondents, conditions
+/// and languages, with the items of each form in a seeded random order.
 pub fn tasks(spec: &StudySpec, catalog: &Catalog) -> Vec<Task> {
+    let combinations = level_combinations(&spec.factors);
     let mut out = Vec::new();
     let mut order = 0;
     for replication in 1..=spec.replications {
@@ -564,38 +831,62 @@ pub fn tasks(spec: &StudySpec, catalog: &Catalog) -> Vec<Task> {
             .iter()
             .filter_map(|r| r.respondent.as_ref())
         {
-            for language in &spec.languages {
-                for instrument in spec.instruments.iter().filter_map(|id| catalog.get(id)) {
-                    // Item order is shuffled per replication (and respondent,
-                    // language, instrument) with the study's seed: the same
-                    // study always has the same order.
-                    let mut items: Vec<_> = instrument.items.iter().collect();
-                    let mut rng = ChaCha8Rng::seed_from_u64(stable_hash(&[
-                        &spec.seed.to_le_bytes(),
-                        &replication.to_le_bytes(),
-                        r.name.as_bytes(),
-                        language.as_bytes(),
-                        instrument.id.as_bytes(),
-                    ]));
-                    items.shuffle(&mut rng);
-                    for item in items {
-                        out.push(Task {
-                            task_id: response_id(
-                                &spec.name,
-                                &r.name,
-                                language,
-                                &instrument.id,
-                                &item.id,
+            for levels in &combinations {
+                let conditions: BTreeMap<String, String> = spec
+                    .factors
+                    .iter()
+                    .zip(levels)
+                    .map(|(f, &l)| (f.name.clone(), f.levels[l].name.clone()))
+                    .collect();
+                // Appended to the shuffle seed only when there are factors, so
+                // a study without them keeps its order.
+                let condition_key: String = conditions
+                    .iter()
+                    .map(|(f, l)| format!("{f}={l};"))
+                    .collect();
+                for language in &spec.languages {
+                    for instrument in spec.instruments.iter().filter_map(|id| catalog.get(id)) {
+                        // Item order is shuffled per replication (and
+                        // respondent, condition, language, instrument) with
+                        // the study's seed: the same study always has the
+                        // same order.
+                        let mut items: Vec<_> = instrument.items.iter().collect();
+                        let seed = spec.seed.to_le_bytes();
+                        let rep = replication.to_le_bytes();
+                        let mut parts: Vec<&[u8]> = vec![
+                            &seed,
+                            &rep,
+                            r.name.as_bytes(),
+                            language.as_bytes(),
+                            instrument.id.as_bytes(),
+                        ];
+                        if !condition_key.is_empty() {
+                            parts.push(condition_key.as_bytes());
+                        }
+                        let mut rng = ChaCha8Rng::seed_from_u64(stable_hash(&parts));
+                        items.shuffle(&mut rng);
+                        for item in items {
+                            out.push(Task {
+                                task_id: response_id_with_conditions(
+                                    &spec.name,
+                                    &r.name,
+                                    language,
+                                    &instrument.id,
+                                    &item.id,
+                                    replication,
+                                    &conditions,
+                                ),
+                                respondent: r.name.clone(),
+                                language: language.clone(),
+                                instrument_id: instrument.id.clone(),
+                                item_id: item.id.clone(),
                                 replication,
-                            ),
-                            respondent: r.name.clone(),
-                            language: language.clone(),
-                            instrument_id: instrument.id.clone(),
-                            item_id: item.id.clone(),
-                            replication,
-                            order,
-                        });
-                        order += 1;
+                                conditions: conditions.clone(),
+                                levels: levels.clone(),
+                                order,
+                            });
+                            order += 1;
+                        }
                     }
                 }
             }
@@ -836,6 +1127,183 @@ max_retry_wait_secs = 20
                 .expect_err("negative")
                 .to_string(),
             "respondents[1].requests_per_minute: -3 is negative"
+        );
+    }
+
+    const FACTORS: &str = r#"
+name = "factors"
+replications = 2
+languages = ["en", "zh"]
+instruments = ["onet-ip-sf"]
+administration = "all_items"
+
+[[factors]]
+name = "persona"
+[[factors.levels]]
+name = "none"
+[[factors.levels]]
+name = "teacher"
+system_prompt = { en = "You are a teacher.", zh = "你是一名教师。" }
+
+[[factors]]
+name = "prompt"
+[[factors.levels]]
+name = "standard"
+[[factors.levels]]
+name = "short"
+instructions = { en = "Rate each activity." }
+preamble = { zh = "请认真作答。" }
+[[factors.levels]]
+name = "long"
+
+[[respondents]]
+name = "sim"
+provider = "simulated"
+[respondents.simulated]
+interest = { R = 3, I = 3, A = 3, S = 3, E = 3, C = 3 }
+competence = { R = 3, I = 3, A = 3, S = 3, E = 3, C = 3 }
+"#;
+
+    #[test]
+    fn factors_cross_the_design_and_give_each_condition_its_ids() {
+        let catalog = Catalog::built_in().expect("catalog");
+        let spec = parse_file(FACTORS).expect("parses");
+        validate_with_env(&spec, &catalog, &|_| None).expect("valid");
+        assert_eq!(spec.administration, Administration::AllItems as i32);
+        assert_eq!(spec.factors.len(), 2);
+        assert_eq!(
+            spec.factors[0].levels[1]
+                .system_prompt
+                .get("zh")
+                .map(String::as_str),
+            Some("你是一名教师。")
+        );
+        assert_eq!(level_combinations(&spec.factors).len(), 6);
+        let all = tasks(&spec, &catalog);
+        // 1 respondent x 6 conditions x 2 languages x 60 items x 2 replications.
+        assert_eq!(all.len(), 1440);
+        let ids: BTreeSet<_> = all.iter().map(|t| t.task_id).collect();
+        assert_eq!(ids.len(), 1440, "every condition has its own ids");
+        let teacher_short = all
+            .iter()
+            .filter(|t| {
+                t.conditions.get("persona").map(String::as_str) == Some("teacher")
+                    && t.conditions.get("prompt").map(String::as_str) == Some("short")
+            })
+            .count();
+        assert_eq!(teacher_short, 240);
+        // Forms are contiguous: 60 tasks of one form, then the next.
+        for form in all.chunks(60) {
+            assert!(form.iter().all(|t| t.same_form(&form[0])));
+        }
+        assert!(!all[0].same_form(&all[60]));
+        // Without factors, the ids are the paper's.
+        let plain = parse_file(SIMULATED).expect("parses");
+        let first = &tasks(&plain, &catalog)[0];
+        assert!(first.conditions.is_empty());
+        assert_eq!(
+            first.task_id,
+            careers_proto::ids::response_id(
+                &plain.name,
+                &first.respondent,
+                &first.language,
+                &first.instrument_id,
+                &first.item_id,
+                first.replication
+            )
+        );
+    }
+
+    #[test]
+    fn factor_errors_name_the_field() {
+        let catalog = Catalog::built_in().expect("catalog");
+        let invalid = |edit: &dyn Fn(&mut StudySpec)| {
+            let mut spec = parse_file(FACTORS).expect("parses");
+            edit(&mut spec);
+            validate_with_env(&spec, &catalog, &|_| None)
+                .expect_err("invalid")
+                .to_string()
+        };
+        assert_eq!(
+            invalid(&|s| s.factors[0].name = "item".into()),
+            "factors[0].name: \"item\" is a built-in column"
+        );
+        assert!(invalid(&|s| s.factors[1].name = "2nd".into()).starts_with("factors[1].name: "));
+        assert_eq!(
+            invalid(&|s| s.factors[1].name = "Persona".into()),
+            "factors[1].name: \"Persona\" is used twice"
+        );
+        assert_eq!(
+            invalid(&|s| s.factors[1].levels[2].name = "short".into()),
+            "factors[1].levels[2].name: \"short\" is used twice"
+        );
+        assert_eq!(
+            invalid(&|s| s.factors[0].levels.clear()),
+            "factors[0].levels: 0 levels, must be 1 to 64"
+        );
+        assert_eq!(
+            invalid(&|s| {
+                s.factors[0].levels[1]
+                    .preamble
+                    .insert("fr".into(), "x".into());
+            }),
+            "factors[0].levels[1].preamble.fr: the study has no language \"fr\""
+        );
+        assert_eq!(
+            invalid(&|s| s.administration = 7),
+            "administration: 7 is not a known administration"
+        );
+        let e = parse_file(&FACTORS.replace("\"all_items\"", "\"batch\"")).expect_err("unknown");
+        assert_eq!(
+            e.to_string(),
+            "administration: \"batch\" is not one of one_item, all_items"
+        );
+    }
+
+    #[test]
+    fn prices_are_checked() {
+        let catalog = Catalog::built_in().expect("catalog");
+        let priced = API_STUDY.replace(
+            "max_retry_wait_secs = 20",
+            "max_retry_wait_secs = 20\ninput_price_per_million = 0.5\noutput_price_per_million = 1.5\ncurrency = \"CNY\"",
+        );
+        let mut spec = parse_file(&priced).expect("parses");
+        validate_with_env(&spec, &catalog, &|_| None).expect("valid");
+        let a = api(&mut spec, 1).clone();
+        assert_eq!(
+            (
+                a.input_price_per_million,
+                a.output_price_per_million,
+                a.currency.as_str()
+            ),
+            (0.5, 1.5, "CNY")
+        );
+        let invalid = |edit: &dyn Fn(&mut ApiSettings)| {
+            let mut spec = parse_file(&priced).expect("parses");
+            edit(api(&mut spec, 1));
+            validate_with_env(&spec, &catalog, &|_| None)
+                .expect_err("invalid")
+                .to_string()
+        };
+        assert_eq!(
+            invalid(&|a| a.output_price_per_million = -1.0),
+            "respondents[1].output_price_per_million: -1 is not a non-negative number"
+        );
+        assert_eq!(
+            invalid(&|a| a.currency = "usd".into()),
+            "respondents[1].currency: \"usd\" is not an ISO 4217 code (three capital letters)"
+        );
+        // Probability-based ratings need one item per request.
+        let batch = API_STUDY.replace(
+            "instruments = [\"onet-ip-sf\"]",
+            "instruments = [\"onet-ip-sf\"]\nadministration = \"all_items\"",
+        );
+        let spec = parse_file(&batch).expect("parses");
+        assert_eq!(
+            validate_with_env(&spec, &catalog, &|_| None)
+                .expect_err("expected rating in a batch")
+                .field,
+            "respondents[1].rating_source"
         );
     }
 }

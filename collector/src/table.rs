@@ -5,10 +5,32 @@ use std::fmt::Write;
 use careers_proto::scale::{self, RIASEC};
 use careers_proto::v1::Summary;
 
-/// One block per instrument; one row per respondent x language with the mean
-/// rating per area, the Holland code, valid n and invalid count.
+/// A profile's conditions as `factor=level` pairs joined by commas.
+fn condition_label(p: &careers_proto::v1::ProfileSummary) -> String {
+    p.conditions
+        .iter()
+        .map(|(f, l)| format!("{f}={l}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// One block per instrument; one row per respondent x language (x condition,
+/// when the study has design factors) with the mean rating per area, the
+/// Holland code, valid n and invalid count; then usage per respondent, with
+/// cost when prices are configured.
 pub fn riasec_table(summary: &Summary) -> String {
     let mut out = String::new();
+    let condition_width = summary
+        .profiles
+        .iter()
+        .map(|p| condition_label(p).chars().count())
+        .max()
+        .unwrap_or(0);
+    let condition_width = if condition_width > 0 {
+        condition_width.max(9)
+    } else {
+        0
+    };
     let mut instruments: Vec<&str> = summary
         .profiles
         .iter()
@@ -25,6 +47,9 @@ pub fn riasec_table(summary: &Summary) -> String {
     for instrument in instruments {
         let _ = writeln!(out, "\n{instrument}: mean rating (1..5) per RIASEC area");
         let _ = write!(out, "{:<name_width$}  {:<4}", "respondent", "lang");
+        if condition_width > 0 {
+            let _ = write!(out, "  {:<condition_width$}", "condition");
+        }
         for s in RIASEC {
             let _ = write!(out, "  {:>5}", scale::letter(s));
         }
@@ -35,6 +60,9 @@ pub fn riasec_table(summary: &Summary) -> String {
             .filter(|p| p.instrument_id == instrument)
         {
             let _ = write!(out, "{:<name_width$}  {:<4}", p.respondent, p.language);
+            if condition_width > 0 {
+                let _ = write!(out, "  {:<condition_width$}", condition_label(p));
+            }
             for s in RIASEC {
                 match p.scales.iter().find(|x| x.scale == s as i32) {
                     Some(x) if x.n > 0 => {
@@ -50,7 +78,8 @@ pub fn riasec_table(summary: &Summary) -> String {
     }
     if !summary.usage.is_empty() {
         let _ = writeln!(out, "\nusage per respondent");
-        let _ = writeln!(
+        let priced = summary.usage.iter().any(|u| !u.cost_currency.is_empty());
+        let _ = write!(
             out,
             "{:<name_width$}  {:>9}  {:>7}  {:>11}  {:>11}  {:>22}  {:>8}",
             "respondent",
@@ -61,8 +90,9 @@ pub fn riasec_table(summary: &Summary) -> String {
             "latency p50/p90/p99 ms",
             "max ms"
         );
+        let _ = writeln!(out, "{}", if priced { "  cost" } else { "" });
         for u in &summary.usage {
-            let _ = writeln!(
+            let _ = write!(
                 out,
                 "{:<name_width$}  {:>9}  {:>7}  {:>11}  {:>11}  {:>22}  {:>8}",
                 u.respondent,
@@ -76,6 +106,11 @@ pub fn riasec_table(summary: &Summary) -> String {
                 ),
                 u.latency_max_ms
             );
+            if u.cost_currency.is_empty() {
+                let _ = writeln!(out);
+            } else {
+                let _ = writeln!(out, "  {:.4} {}", u.cost, u.cost_currency);
+            }
         }
     }
     let _ = writeln!(

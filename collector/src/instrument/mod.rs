@@ -1,6 +1,11 @@
 //! Instruments as data: items, translations, answer options and prompt
 //! templates, loaded from TOML and validated at start-up.
 //!
+//! Each language has two templates: `prompt` asks one item (the paper's
+//! protocol, one item per request), `batch_prompt` asks a whole list of items
+//! in one request and wants one `<activity number>: <option number>` line per
+//! item back, which [`crate::answer::parse_numbered`] reads.
+//!
 //! The built-in instruments live in `collector/instruments/*.toml` and are
 //! compiled into the binary; more can be loaded from a directory. A broken
 //! file is an [`InstrumentError`] that names the file, the item and the field.
@@ -89,6 +94,10 @@ struct File {
     options: BTreeMap<String, Vec<String>>,
     instructions: BTreeMap<String, String>,
     prompt: BTreeMap<String, String>,
+    // Defaulted so a missing table is reported per language by validation
+    // (`batch_prompt.en: missing or empty`), not as a bare TOML error.
+    #[serde(default)]
+    batch_prompt: BTreeMap<String, String>,
     #[serde(default)]
     items: Vec<FileItem>,
 }
@@ -123,6 +132,9 @@ pub struct Instrument {
     pub instructions: BTreeMap<String, String>,
     /// Prompt template per language with `{instructions}`, `{item}`, `{options}`.
     pub prompt: BTreeMap<String, String>,
+    /// Template per language for asking many items in one request, with
+    /// `{instructions}`, `{items}`, `{options}` and `{count}`.
+    pub batch_prompt: BTreeMap<String, String>,
     /// Items in administration order.
     pub items: Vec<Item>,
 }
@@ -130,20 +142,81 @@ pub struct Instrument {
 impl Instrument {
     /// The prompt for one item in one language; `None` if the language or
     /// item text is missing (validation rules that out for loaded instruments).
-    pub fn render_prompt(&self, item: &Item, language: &str) -> Option<String> {
-        let options = self.options.get(language)?;
-        let listed: Vec<String> = options
+    /// `instructions`, when given, replace the instrument's (a study
+    /// condition that words them differently).
+    pub fn render_prompt(
+        &self,
+        item: &Item,
+        language: &str,
+        instructions: Option<&str>,
+    ) -> Option<String> {
+        Some(fill(
+            self.prompt.get(language)?,
+            &[
+                (
+                    "{instructions}",
+                    self.instructions_in(language, instructions)?,
+                ),
+                ("{item}", item.texts.get(language)?),
+                ("{options}", &self.listed_options(language)?),
+            ],
+        ))
+    }
+
+    /// The prompt asking all of `items` at once in one language, numbered
+    /// `1.` to `items.len()` in the given order (the numbers the answer must
+    /// use, see [`crate::answer::parse_numbered`]); `None` if `items` is empty
+    /// or the language or an item text is missing. `instructions` as for
+    /// [`Self::render_prompt`].
+    pub fn render_batch_prompt(
+        &self,
+        items: &[&Item],
+        language: &str,
+        instructions: Option<&str>,
+    ) -> Option<String> {
+        if items.is_empty() {
+            return None;
+        }
+        let mut listed = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            // One item per line, whatever the file says, so the numbering the
+            // answer refers to stays unambiguous.
+            let text = item.texts.get(language)?.split_whitespace();
+            listed.push(format!("{}. {}", i + 1, text.collect::<Vec<_>>().join(" ")));
+        }
+        Some(fill(
+            self.batch_prompt.get(language)?,
+            &[
+                (
+                    "{instructions}",
+                    self.instructions_in(language, instructions)?,
+                ),
+                ("{items}", &listed.join("\n")),
+                ("{options}", &self.listed_options(language)?),
+                ("{count}", &items.len().to_string()),
+            ],
+        ))
+    }
+
+    /// `replacement` if given, else the instrument's instructions in `language`.
+    fn instructions_in<'a>(
+        &'a self,
+        language: &str,
+        replacement: Option<&'a str>,
+    ) -> Option<&'a str> {
+        replacement.or_else(|| self.instructions.get(language).map(String::as_str))
+    }
+
+    /// `1 = Strongly Dislike` lines, as both templates show the options.
+    fn listed_options(&self, language: &str) -> Option<String> {
+        let listed: Vec<String> = self
+            .options
+            .get(language)?
             .iter()
             .enumerate()
             .map(|(i, l)| format!("{} = {l}", i + 1))
             .collect();
-        Some(
-            self.prompt
-                .get(language)?
-                .replace("{instructions}", self.instructions.get(language)?)
-                .replace("{item}", item.texts.get(language)?)
-                .replace("{options}", &listed.join("\n")),
-        )
+        Some(listed.join("\n"))
     }
 
     /// Every option label in every language with its rating, for the parser.
@@ -190,6 +263,30 @@ impl Instrument {
                 .collect(),
         }
     }
+}
+
+/// `template` with each placeholder replaced in one pass, so text that is
+/// substituted in (an item that happens to contain `{options}`) is never
+/// substituted again.
+fn fill(template: &str, values: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        rest = &rest[open..];
+        match values.iter().find(|(p, _)| rest.starts_with(p)) {
+            Some((p, v)) => {
+                out.push_str(v);
+                rest = &rest[p.len()..];
+            }
+            None => {
+                out.push('{');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The instruments a collector knows, by id.
@@ -384,6 +481,7 @@ impl Catalog {
             for (field, map) in [
                 ("instructions", &file.instructions),
                 ("prompt", &file.prompt),
+                ("batch_prompt", &file.batch_prompt),
             ] {
                 if map.get(lang).is_none_or(|t| t.trim().is_empty()) {
                     return Err(err(
@@ -402,6 +500,26 @@ impl Catalog {
                     "does not contain {item}",
                 ));
             }
+            if let Some(batch) = file.batch_prompt.get(lang) {
+                if !batch.contains("{items}") {
+                    return Err(err(
+                        name,
+                        None,
+                        &format!("batch_prompt.{lang}"),
+                        "does not contain {items}",
+                    ));
+                }
+                // `{item}` is the single prompt's placeholder; here it would
+                // reach the respondent verbatim.
+                if batch.contains("{item}") {
+                    return Err(err(
+                        name,
+                        None,
+                        &format!("batch_prompt.{lang}"),
+                        "contains {item}; a batch prompt lists the items with {items}",
+                    ));
+                }
+            }
             for item in &items {
                 if item.texts.get(lang).is_none_or(|t| t.trim().is_empty()) {
                     return Err(err(name, Some(&item.id), lang, "text missing or empty"));
@@ -417,6 +535,7 @@ impl Catalog {
             options,
             instructions: file.instructions,
             prompt: file.prompt,
+            batch_prompt: file.batch_prompt,
             items,
         })
     }
@@ -457,7 +576,9 @@ mod tests {
             .expect("competence form");
         assert_eq!(comp.items, ip.items);
         assert_eq!(comp.options["en"][4], "Very well");
-        let prompt = ip.render_prompt(&ip.items[2], "zh").expect("zh prompt");
+        let prompt = ip
+            .render_prompt(&ip.items[2], "zh", None)
+            .expect("zh prompt");
         assert!(prompt.contains("研发新药") && prompt.contains("5 = 非常喜欢"));
     }
 
@@ -477,7 +598,11 @@ en = ["a", "b", "c", "d", "e"]
 en = "i"
 [prompt]
 en = "{item}"
+[batch_prompt]
+en = "{items}"
 "#;
+
+    const ITEM: &str = "[[items]]\nid = \"X1\"\nscale = \"R\"\nen = \"t\"\n";
 
     #[test]
     fn errors_name_file_item_and_field() {
@@ -501,5 +626,116 @@ en = "{item}"
         assert_eq!(e.file, "bad.toml");
         let e = broken(HEADER);
         assert_eq!(e.field, "items");
+    }
+
+    #[test]
+    fn batch_prompt_numbers_items_in_the_given_order() {
+        let catalog = Catalog::built_in().expect("built-in instruments are valid");
+        let ip = catalog.get("onet-ip-sf").expect("interest form");
+        let items = [&ip.items[2], &ip.items[0], &ip.items[59]];
+        let prompt = ip
+            .render_batch_prompt(&items, "en", None)
+            .expect("en batch prompt");
+        assert!(prompt.starts_with(&ip.instructions["en"]), "{prompt}");
+        assert!(
+            prompt.contains(
+                "1. Develop a new medicine\n2. Build kitchen cabinets\n\
+                 3. Stamp, sort, and distribute mail for an organization\n"
+            ),
+            "{prompt}"
+        );
+        assert!(
+            prompt.contains("1 = Strongly Dislike\n2 = Dislike\n"),
+            "{prompt}"
+        );
+        assert!(prompt.contains("each of these 3 activities"), "{prompt}");
+        assert!(
+            prompt.contains("<activity number>: <option number>"),
+            "{prompt}"
+        );
+        assert!(!prompt.contains('{'), "a placeholder is left: {prompt}");
+
+        let all: Vec<&Item> = ip.items.iter().collect();
+        let zh = ip
+            .render_batch_prompt(&all, "zh", None)
+            .expect("zh batch prompt");
+        assert!(zh.contains("1. 制作厨房橱柜\n2. 砌砖或铺瓷砖\n"), "{zh}");
+        assert!(zh.contains("60. ") && zh.contains("共60行"), "{zh}");
+        assert!(zh.contains("5 = 非常喜欢"), "{zh}");
+        assert!(!zh.contains('{'), "a placeholder is left: {zh}");
+
+        let comp = catalog
+            .get("onet-ip-sf-competence")
+            .expect("competence form");
+        let comp_prompt = comp.render_batch_prompt(&all, "en", None).expect("en");
+        assert!(comp_prompt.contains("5 = Very well") && comp_prompt.contains("60. "));
+        let comp_zh = comp.render_batch_prompt(&all, "zh", None).expect("zh");
+        assert!(comp_zh.contains("5 = 非常好") && comp_zh.contains("共60行"));
+
+        let framed = ip
+            .render_batch_prompt(&items, "en", Some("Imagine you are sixteen."))
+            .expect("en batch prompt");
+        assert!(framed.starts_with("Imagine you are sixteen.\n"), "{framed}");
+        assert!(!framed.contains(&ip.instructions["en"]), "{framed}");
+        let one = ip
+            .render_prompt(&ip.items[0], "zh", Some("想象你十六岁。"))
+            .expect("zh prompt");
+        assert!(one.starts_with("想象你十六岁。\n") && one.contains("制作厨房橱柜"));
+
+        assert_eq!(ip.render_batch_prompt(&[], "en", None), None);
+        assert_eq!(ip.render_batch_prompt(&items, "fr", None), None);
+    }
+
+    #[test]
+    fn substituted_text_is_never_substituted_again() {
+        let mut catalog = Catalog::from_sources(vec![(
+            "t.toml".into(),
+            format!("{HEADER}{ITEM}").replace(
+                "[batch_prompt]\nen = \"{items}\"",
+                "[batch_prompt]\nen = \"{count}: {items} {unknown}\"",
+            ),
+        )])
+        .expect("valid");
+        let t = catalog.instruments.get_mut("t").expect("t");
+        t.items[0]
+            .texts
+            .insert("en".into(), "a {options}\n  line".into());
+        let item = t.items[0].clone();
+        assert_eq!(
+            t.render_batch_prompt(&[&item], "en", None).as_deref(),
+            Some("1: 1. a {options} line {unknown}")
+        );
+        assert_eq!(
+            t.render_prompt(&item, "en", None).as_deref(),
+            Some("a {options}\n  line")
+        );
+    }
+
+    #[test]
+    fn a_missing_or_broken_batch_prompt_names_its_field() {
+        let e = broken(&format!(
+            "{}{ITEM}",
+            HEADER.replace("[batch_prompt]\nen = \"{items}\"\n", "")
+        ));
+        assert_eq!(e.to_string(), "bad.toml: batch_prompt.en: missing or empty");
+        let e = broken(&format!(
+            "{}{ITEM}",
+            HEADER.replace("en = \"{items}\"", "en = \"  \"")
+        ));
+        assert_eq!(e.field, "batch_prompt.en");
+        let e = broken(&format!(
+            "{}{ITEM}",
+            HEADER.replace("en = \"{items}\"", "en = \"{options}\"")
+        ));
+        assert_eq!(
+            e.to_string(),
+            "bad.toml: batch_prompt.en: does not contain {items}"
+        );
+        let e = broken(&format!(
+            "{}{ITEM}",
+            HEADER.replace("en = \"{items}\"", "en = \"{item} {items}\"")
+        ));
+        assert_eq!(e.field, "batch_prompt.en");
+        assert!(e.reason.contains("{item}"), "{e}");
     }
 }

@@ -53,7 +53,11 @@ CREATE TABLE IF NOT EXISTS tasks (
     answered      INTEGER NOT NULL DEFAULT 0,
     invalid       INTEGER NOT NULL DEFAULT 0,
     forwarded     INTEGER NOT NULL DEFAULT 0,
-    response      BLOB
+    response      BLOB,
+    input_tokens  INTEGER NOT NULL DEFAULT 0,
+    output_tokens INTEGER NOT NULL DEFAULT 0,
+    cost          REAL    NOT NULL DEFAULT 0,
+    currency      TEXT    NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS tasks_by_study ON tasks (study_id, answered, ord);
 CREATE INDEX IF NOT EXISTS tasks_unforwarded ON tasks (study_id, answered, forwarded);
@@ -74,6 +78,29 @@ pub struct StudyRow {
     pub created_ms: i64,
     /// Last state change, ms since the epoch.
     pub updated_ms: i64,
+}
+
+/// Columns added to `tasks` after its first version, with their definitions.
+const ACCOUNTING_COLUMNS: &[(&str, &str)] = &[
+    ("input_tokens", "INTEGER NOT NULL DEFAULT 0"),
+    ("output_tokens", "INTEGER NOT NULL DEFAULT 0"),
+    ("cost", "REAL NOT NULL DEFAULT 0"),
+    ("currency", "TEXT NOT NULL DEFAULT ''"),
+];
+
+/// Tokens and cost of one respondent's answered tasks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RespondentTotals {
+    /// Respondent.
+    pub respondent: String,
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Completion tokens.
+    pub output_tokens: u64,
+    /// Cost at the configured prices.
+    pub cost: f64,
+    /// Currency of the cost; empty without prices.
+    pub currency: String,
 }
 
 /// Task counts of one respondent x language x instrument.
@@ -133,7 +160,53 @@ impl Journal {
             .connect_with(options)
             .await?;
         sqlx::raw_sql(SCHEMA).execute(&pool).await?;
+        // Journals written before the accounting columns existed get them
+        // (their earlier answers count no tokens).
+        let columns: Vec<String> = sqlx::query("SELECT name FROM pragma_table_info('tasks')")
+            .fetch_all(&pool)
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for (column, definition) in ACCOUNTING_COLUMNS {
+            if !columns.iter().any(|c| c == column) {
+                // Both parts are compile-time constants above, never input.
+                let sql = format!("ALTER TABLE tasks ADD COLUMN {column} {definition}");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                    .execute(&pool)
+                    .await?;
+            }
+        }
         Ok(Self { pool })
+    }
+
+    /// Tokens and cost per respondent of a study, from its answered tasks,
+    /// in the order of `respondents` (respondents without answers count 0).
+    pub async fn respondent_totals(
+        &self,
+        study_id: &str,
+        respondents: &[String],
+    ) -> Result<Vec<RespondentTotals>, JournalError> {
+        let rows = sqlx::query(
+            "SELECT respondent, SUM(input_tokens), SUM(output_tokens), SUM(cost), MAX(currency) \
+             FROM tasks WHERE study_id = ? AND answered = 1 GROUP BY respondent",
+        )
+        .bind(study_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(respondents
+            .iter()
+            .map(|name| {
+                let row = rows.iter().find(|r| r.get::<String, _>(0) == *name);
+                RespondentTotals {
+                    respondent: name.clone(),
+                    input_tokens: row.map_or(0, |r| r.get::<i64, _>(1) as u64),
+                    output_tokens: row.map_or(0, |r| r.get::<i64, _>(2) as u64),
+                    cost: row.map_or(0.0, |r| r.get::<f64, _>(3)),
+                    currency: row.map_or(String::new(), |r| r.get(4)),
+                }
+            })
+            .collect())
     }
 
     /// Records a study, idempotently: the same `request_id` (or the same
@@ -283,13 +356,21 @@ impl Journal {
                 r.answer,
                 Some(careers_proto::v1::item_response::Answer::Invalid(_))
             );
-            changed += sqlx::query("UPDATE tasks SET answered = 1, invalid = ?, response = ? WHERE task_id = ? AND answered = 0")
-                .bind(invalid)
-                .bind(r.encode_to_vec())
-                .bind(&r.response_id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+            let tokens = r.tokens.unwrap_or_default();
+            changed += sqlx::query(
+                "UPDATE tasks SET answered = 1, invalid = ?, response = ?, input_tokens = ?, \
+                 output_tokens = ?, cost = ?, currency = ? WHERE task_id = ? AND answered = 0",
+            )
+            .bind(invalid)
+            .bind(r.encode_to_vec())
+            .bind(i64::try_from(tokens.input_tokens).unwrap_or(i64::MAX))
+            .bind(i64::try_from(tokens.output_tokens).unwrap_or(i64::MAX))
+            .bind(if r.cost.is_finite() { r.cost } else { 0.0 })
+            .bind(&r.cost_currency)
+            .bind(&r.response_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         }
         tx.commit().await?;
         Ok(changed)
@@ -353,27 +434,6 @@ impl Journal {
             })
             .collect())
     }
-
-    /// The task row for an id: its key fields.
-    pub async fn task(&self, task_id: &str) -> Result<Option<Task>, JournalError> {
-        let row = sqlx::query(
-            "SELECT respondent, language, instrument_id, item_id, replication, ord FROM tasks WHERE task_id = ?",
-        )
-        .bind(task_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.and_then(|r| {
-            Some(Task {
-                task_id: uuid::Uuid::parse_str(task_id).ok()?,
-                respondent: r.get(0),
-                language: r.get(1),
-                instrument_id: r.get(2),
-                item_id: r.get(3),
-                replication: r.get::<i64, _>(4) as u32,
-                order: r.get::<i64, _>(5) as u64,
-            })
-        }))
-    }
 }
 
 #[cfg(test)]
@@ -389,6 +449,8 @@ mod tests {
             instrument_id: "i".into(),
             item_id: format!("X{n}"),
             replication: 1,
+            conditions: Default::default(),
+            levels: Vec::new(),
             order: n as u64,
         }
     }

@@ -66,7 +66,7 @@ impl Anthropic {
         })
     }
 
-    fn body(&self, prompt: &str) -> Value {
+    fn body(&self, prompt: &str, system: Option<&str>) -> Value {
         let max_tokens = if self.config.max_tokens > 0 {
             self.config.max_tokens
         } else {
@@ -78,7 +78,7 @@ impl Anthropic {
             "temperature": self.config.temperature,
             "messages": [{"role": "user", "content": prompt}],
         });
-        if let Some(system) = &self.config.system {
+        if let Some(system) = system {
             body["system"] = json!(system);
         }
         body
@@ -116,7 +116,7 @@ impl Provider for Anthropic {
                 .client
                 .post(&self.url)
                 .header("anthropic-version", API_VERSION)
-                .json(&self.body(ask.prompt));
+                .json(&self.body(ask.prompt, ask.system));
             if let Some(key) = &self.config.key {
                 let mut value =
                     reqwest::header::HeaderValue::from_str(key.expose()).map_err(|_| {

@@ -136,8 +136,6 @@ pub struct HttpConfig {
     pub temperature: f64,
     /// Maximum output tokens; 0 means the provider's default.
     pub max_tokens: u32,
-    /// Optional system prompt.
-    pub system: Option<String>,
     /// Per-request timeout.
     pub timeout: Duration,
     /// Ask for log-probabilities (`logprobs: true, top_logprobs: 5`) and
@@ -154,7 +152,6 @@ impl fmt::Debug for HttpConfig {
             .field("key", &self.key.as_ref().map(|_| "[redacted]"))
             .field("temperature", &self.temperature)
             .field("max_tokens", &self.max_tokens)
-            .field("system", &self.system.is_some())
             .field("timeout", &self.timeout)
             .field("logprobs", &self.logprobs)
             .finish()

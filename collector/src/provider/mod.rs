@@ -21,7 +21,9 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-/// One request to a respondent.
+/// One request to a respondent: one item (the paper's protocol), or under
+/// `ADMINISTRATION_ALL_ITEMS` a numbered list of items (`batch`), in which
+/// case the single-item fields describe the first of them.
 #[derive(Debug, Clone)]
 pub struct Ask<'a> {
     /// The task's deterministic id (also the simulated respondent's seed).
@@ -40,6 +42,24 @@ pub struct Ask<'a> {
     pub prompt: &'a str,
     /// The option labels in this language, rating `i + 1` at index `i`.
     pub options: &'a [String; 5],
+    /// The system prompt (the respondent's, with its condition's persona);
+    /// `None` sends none.
+    pub system: Option<&'a str>,
+    /// Under all-items administration, the items of the request in the
+    /// order they are numbered in the prompt (item `i` is number `i + 1`);
+    /// empty for a one-item request.
+    pub batch: &'a [BatchItem<'a>],
+}
+
+/// One item of an all-items request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchItem<'a> {
+    /// The item's task id.
+    pub task_id: uuid::Uuid,
+    /// Item id.
+    pub item_id: &'a str,
+    /// Index of the item's RIASEC area (R=0 .. C=5).
+    pub scale_index: usize,
 }
 
 /// What a provider returned.

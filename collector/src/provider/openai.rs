@@ -152,9 +152,9 @@ impl OpenAi {
         })
     }
 
-    fn body(&self, prompt: &str) -> Value {
+    fn body(&self, prompt: &str, system: Option<&str>) -> Value {
         let mut messages = Vec::with_capacity(2);
-        if let Some(system) = &self.config.system {
+        if let Some(system) = system {
             messages.push(json!({"role": "system", "content": system}));
         }
         messages.push(json!({"role": "user", "content": prompt}));
@@ -214,7 +214,10 @@ impl OpenAi {
 impl Provider for OpenAi {
     fn ask<'a>(&'a self, ask: Ask<'a>) -> BoxFuture<'a, Result<Reply, ProviderError>> {
         Box::pin(async move {
-            let mut request = self.client.post(&self.url).json(&self.body(ask.prompt));
+            let mut request = self
+                .client
+                .post(&self.url)
+                .json(&self.body(ask.prompt, ask.system));
             if let Some(key) = &self.config.key {
                 request = request.bearer_auth(key.expose());
             }

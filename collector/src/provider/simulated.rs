@@ -192,10 +192,54 @@ impl Simulated {
     }
 }
 
+impl Simulated {
+    /// The answer to an all-items request: one line per item, numbered as in
+    /// the prompt, each answered as [`Simulated::answer`] answers it alone
+    /// (so a line may be a refusal or unparseable), in a few list styles.
+    pub fn answer_batch(&self, ask: &Ask<'_>) -> String {
+        let mut rng = ChaCha8Rng::seed_from_u64(stable_hash(&[
+            &self.seed.to_le_bytes(),
+            self.name.as_bytes(),
+            b"batch",
+            ask.task_id.as_bytes(),
+        ]));
+        let style = rng.random_range(0..3);
+        let mut out = String::new();
+        if style == 2 {
+            out.push_str(if ask.language.starts_with("zh") {
+                "以下是我的回答：\n\n"
+            } else {
+                "Here are my answers:\n\n"
+            });
+        }
+        for (i, item) in ask.batch.iter().enumerate() {
+            let one = Ask {
+                task_id: item.task_id,
+                item_id: item.item_id,
+                scale_index: item.scale_index,
+                batch: &[],
+                ..ask.clone()
+            };
+            let text = self.answer(&one);
+            let n = i + 1;
+            match style {
+                0 => out.push_str(&format!("{n}: {text}\n")),
+                1 => out.push_str(&format!("{n}. {text}\n")),
+                _ => out.push_str(&format!("- {n}: {text}\n")),
+            }
+        }
+        out
+    }
+}
+
 impl Provider for Simulated {
     fn ask<'a>(&'a self, ask: Ask<'a>) -> BoxFuture<'a, Result<Reply, ProviderError>> {
         Box::pin(async move {
-            let text = self.answer(&ask);
+            let text = if ask.batch.is_empty() {
+                self.answer(&ask)
+            } else {
+                self.answer_batch(&ask)
+            };
             Ok(Reply {
                 input_tokens: (ask.prompt.chars().count() as u64).div_ceil(4),
                 output_tokens: (text.chars().count() as u64).div_ceil(4),
@@ -244,6 +288,8 @@ mod tests {
             language: "en",
             prompt: "p",
             options,
+            system: None,
+            batch: &[],
         }
     }
 
