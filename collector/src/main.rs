@@ -202,6 +202,27 @@ async fn run(cli: &Cli, study_path: &Path, summary_json: Option<&Path>) -> Resul
 }
 
 /// A progress bar on a terminal, a log line every few seconds otherwise.
+/// Retries, cost and stopped respondents for the progress line ("" when
+/// there are none).
+fn accounting(p: &careers_proto::v1::StudyProgress) -> String {
+    let mut out = String::new();
+    let retries: u64 = p.respondents.iter().map(|r| r.retries).sum();
+    if retries > 0 {
+        out.push_str(&format!(", {retries} retries"));
+    }
+    let mut costs: std::collections::BTreeMap<&str, f64> = std::collections::BTreeMap::new();
+    for r in p.respondents.iter().filter(|r| !r.currency.is_empty()) {
+        *costs.entry(r.currency.as_str()).or_default() += r.cost;
+    }
+    for (currency, cost) in costs {
+        out.push_str(&format!(", {cost:.4} {currency}"));
+    }
+    for r in p.respondents.iter().filter(|r| !r.failure.is_empty()) {
+        out.push_str(&format!(", {} stopped", r.respondent));
+    }
+    out
+}
+
 async fn report_progress(progress: Arc<careers_collector::progress::Progress>) {
     let terminal = std::io::stderr().is_terminal();
     let first = progress.snapshot();
@@ -222,14 +243,18 @@ async fn report_progress(progress: Arc<careers_collector::progress::Progress>) {
     loop {
         ticker.tick().await;
         let p = progress.snapshot();
+        let accounts = accounting(&p);
         match &bar {
             Some(bar) => {
                 bar.set_position(p.done);
-                bar.set_message(format!("{} invalid, {} forwarded", p.invalid, p.forwarded));
+                bar.set_message(format!(
+                    "{} invalid ({} refusals), {} forwarded{accounts}",
+                    p.invalid, p.refusals, p.forwarded
+                ));
             }
             None => eprintln!(
-                "progress: {}/{} answered, {} invalid, {} forwarded, {} errors, {:.0}/s",
-                p.done, p.total, p.invalid, p.forwarded, p.errors, p.answers_per_second
+                "progress: {}/{} answered, {} invalid ({} refusals), {} forwarded, {} errors, {:.0}/s{accounts}",
+                p.done, p.total, p.invalid, p.refusals, p.forwarded, p.errors, p.answers_per_second
             ),
         }
         if p.done + p.errors >= p.total && p.forwarded >= p.done {

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use careers_analyzer::descriptive::LatencyHistogram;
 use careers_proto::v1::item_response::Answer;
-use careers_proto::v1::{ItemResponse, ProgressCell, RespondentProgress, StudyProgress};
+use careers_proto::v1::{
+    InvalidReason, ItemResponse, ProgressCell, RespondentProgress, StudyProgress,
+};
 use tokio::sync::watch;
 
 use crate::journal::{CellCount, RespondentTotals};
@@ -83,6 +85,7 @@ impl Progress {
                     total: c.total,
                     invalid: c.invalid,
                     errors: 0,
+                    refusals: c.refusals,
                 },
             );
         }
@@ -144,10 +147,15 @@ impl Progress {
             .map(|p| p.name.as_str())
             .unwrap_or_default();
         let invalid = matches!(r.answer, Some(Answer::Invalid(_)));
+        let refusal = matches!(
+            &r.answer,
+            Some(Answer::Invalid(i)) if i.reason == InvalidReason::Refusal as i32
+        );
         self.with(|s| {
             let c = Self::cell(s, respondent, &r.language, &r.instrument_id);
             c.done += 1;
             c.invalid += u64::from(invalid);
+            c.refusals += u64::from(refusal);
             let a = Self::account(s, respondent);
             if let Some(t) = &r.tokens {
                 a.input_tokens += t.input_tokens;
@@ -264,6 +272,7 @@ impl Progress {
             done,
             total: cells.iter().map(|c| c.total).sum(),
             invalid: cells.iter().map(|c| c.invalid).sum(),
+            refusals: cells.iter().map(|c| c.refusals).sum(),
             errors: cells.iter().map(|c| c.errors).sum(),
             forwarded: s.forwarded,
             answers_per_second: rate,

@@ -53,7 +53,7 @@ use crate::provider::anthropic::Anthropic;
 use crate::provider::http::{self, HttpConfig};
 use crate::provider::openai::OpenAi;
 use crate::provider::simulated::Simulated;
-use crate::provider::{Ask, BatchItem, Provider, ProviderError, Reply, default_base_url};
+use crate::provider::{Ask, BatchItem, Provider, ProviderError, Reply, default_base_url, preset};
 use crate::study::{self, StudyError, Task};
 
 /// Why a run stopped early.
@@ -204,23 +204,17 @@ impl Limits {
             + (system.map_or(0, |s| s.chars().count()) as f64 / 4.0).ceil()
     }
 
-    /// The server's hint, capped at [`Limits::max_retry_wait`] (logged when
-    /// capped).
-    fn cap_hint(&self, hint: Option<Duration>, task: &Task) -> Option<Duration> {
-        hint.map(|h| {
-            if h > self.max_retry_wait {
-                tracing::warn!(
-                    task = %task.task_id,
-                    respondent = %task.respondent,
-                    hint_secs = h.as_secs_f64(),
-                    cap_secs = self.max_retry_wait.as_secs_f64(),
-                    "the server's retry hint is longer than max_retry_wait_secs; capped"
-                );
-                self.max_retry_wait
-            } else {
-                h
-            }
-        })
+    /// A server hint longer than [`Limits::max_retry_wait`] as the permanent
+    /// error that stops the respondent: asking again sooner than the server
+    /// says is not allowed, and waiting a day inside a run helps no one.
+    fn hint_too_long(&self, hint: Option<Duration>, message: &str) -> Option<ProviderError> {
+        let h = hint.filter(|h| *h > self.max_retry_wait)?;
+        Some(ProviderError::Permanent(format!(
+            "{message}; the server asks to wait {:.0} s, longer than max_retry_wait_secs ({} s): \
+             run the study again later to resume this respondent",
+            h.as_secs_f64(),
+            self.max_retry_wait.as_secs()
+        )))
     }
 }
 
@@ -233,8 +227,19 @@ pub struct Endpoint {
     pub limits: Limits,
     /// The respondent's own system prompt (empty: none).
     pub system_prompt: String,
+    /// Its system prompt per language, replacing `system_prompt` there.
+    pub system_prompts: BTreeMap<String, String>,
     /// Token prices, when configured.
     pub prices: Option<Prices>,
+}
+
+impl Endpoint {
+    /// The respondent's own system prompt in `language` (empty: none).
+    pub fn system_prompt_in(&self, language: &str) -> &str {
+        self.system_prompts
+            .get(language)
+            .unwrap_or(&self.system_prompt)
+    }
 }
 
 /// Token prices of a respondent.
@@ -280,6 +285,7 @@ pub fn build_providers(spec: &StudySpec) -> Result<HashMap<String, Endpoint>, St
         let prefix = format!("respondents[{i}]");
         let mut limits = Limits::default();
         let mut system_prompt = String::new();
+        let mut system_prompts = BTreeMap::new();
         let mut prices = None;
         let provider: Arc<dyn Provider> = match &r.settings {
             Some(respondent_spec::Settings::Simulated(profile)) => Arc::new(
@@ -301,20 +307,19 @@ pub fn build_providers(spec: &StudySpec) -> Result<HashMap<String, Endpoint>, St
                 };
                 limits = Limits::from_api(api);
                 system_prompt.clone_from(&api.system_prompt);
+                system_prompts.clone_from(&api.system_prompts);
                 prices = Prices::from_api(api);
-                if api.logprobs && respondent.provider == "anthropic" {
-                    tracing::warn!(
-                        respondent = %respondent.name,
-                        "the Anthropic API returns no log-probabilities; ratings come from the text"
-                    );
-                }
                 let config = HttpConfig {
                     provider: respondent.provider.clone(),
                     model: respondent.model.clone(),
                     base_url: base_url.to_string(),
                     key,
                     temperature: api.temperature,
+                    top_p: api.top_p,
+                    seed: api.seed,
                     max_tokens: api.max_tokens,
+                    max_tokens_field: preset(&respondent.provider)
+                        .map_or("max_tokens", |p| p.max_tokens_field),
                     timeout: if api.timeout_secs == 0 {
                         http::DEFAULT_TIMEOUT
                     } else {
@@ -348,6 +353,7 @@ pub fn build_providers(spec: &StudySpec) -> Result<HashMap<String, Endpoint>, St
                 provider,
                 limits,
                 system_prompt,
+                system_prompts,
                 prices,
             },
         );
@@ -768,7 +774,7 @@ async fn administer(
         .get(language)
         .ok_or_else(|| ProviderError::Permanent(format!("no {language} options")))?;
     let labels = instrument.labels();
-    let frame = framing(spec, &endpoint.system_prompt, first);
+    let frame = framing(spec, endpoint.system_prompt_in(language), first);
     let n = unit.len();
     let mut earlier: Vec<Vec<EarlierAnswer>> = vec![Vec::new(); n];
     let mut tokens: Vec<(u64, u64)> = vec![(0, 0); n];
@@ -952,8 +958,9 @@ fn stricter_follow_up(language: &str, all_items: bool) -> &'static str {
 }
 
 /// One request with the single retry policy: waits for the respondent's rate
-/// limits and a study slot, retries transient errors (at least as long as the
-/// server's capped hint says), and counts every request in `attempt`.
+/// limits and a study slot, retries transient errors (never sooner than the
+/// server's hint; a hint beyond `max_retry_wait` stops the respondent), and
+/// counts every request in `attempt`.
 async fn request(
     ctx: &RunContext,
     task: &Task,
@@ -1002,10 +1009,10 @@ async fn request(
                 message,
                 retry_after,
             }) if *attempt - first_attempt < ctx.retry.max_attempts => {
-                let wait = ctx.retry.wait(
-                    *attempt - first_attempt - 1,
-                    limits.cap_hint(retry_after, task),
-                );
+                if let Some(stop) = limits.hint_too_long(retry_after, &message) {
+                    return Err(stop);
+                }
+                let wait = ctx.retry.wait(*attempt - first_attempt - 1, retry_after);
                 tracing::debug!(task = %task.task_id, attempt = *attempt, error = %message, wait_ms = wait.as_millis() as u64, "retrying");
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
@@ -1135,6 +1142,50 @@ mod tests {
         assert_eq!(expected_rating(&[]), None);
         assert_eq!(choose(text.clone(), &[], RatingSource::Expected), text);
         assert_eq!(choose(text.clone(), &[], RatingSource::MostProbable), text);
+    }
+
+    #[test]
+    fn backoff_doubles_within_its_jitter_up_to_the_cap() {
+        let policy = RetryPolicy {
+            max_attempts: 10,
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(3),
+        };
+        // Full jitter over the upper half: attempt k waits in
+        // [base * 2^k / 2, base * 2^k], capped.
+        for attempt in 0..8u32 {
+            let full = Duration::from_millis(100 * (1u64 << attempt)).min(Duration::from_secs(3));
+            let waits: Vec<Duration> = (0..200).map(|_| policy.wait(attempt, None)).collect();
+            for w in &waits {
+                assert!(*w >= full / 2 && *w <= full, "attempt {attempt}: {w:?}");
+            }
+            // The jitter is real: not every wait is the same.
+            assert!(waits.iter().any(|w| *w != waits[0]), "attempt {attempt}");
+        }
+    }
+
+    #[test]
+    fn a_hint_beyond_max_retry_wait_stops_the_respondent() {
+        let limits = Limits {
+            max_retry_wait: Duration::from_secs(60),
+            ..Limits::default()
+        };
+        assert!(limits.hint_too_long(None, "x").is_none());
+        assert!(
+            limits
+                .hint_too_long(Some(Duration::from_secs(60)), "x")
+                .is_none()
+        );
+        match limits.hint_too_long(Some(Duration::from_secs(86_400)), "HTTP 429: daily") {
+            Some(ProviderError::Permanent(m)) => {
+                assert!(
+                    m.starts_with("HTTP 429: daily; the server asks to wait 86400 s"),
+                    "{m}"
+                );
+                assert!(m.contains("max_retry_wait_secs (60 s)"), "{m}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -90,7 +90,11 @@ struct RespondentFile {
     #[serde(default)]
     max_tokens: Option<u32>,
     #[serde(default)]
-    system_prompt: Option<String>,
+    system_prompt: Option<SystemPromptFile>,
+    #[serde(default)]
+    top_p: Option<f64>,
+    #[serde(default)]
+    seed: Option<i64>,
     #[serde(default)]
     timeout_secs: Option<u32>,
     #[serde(default)]
@@ -113,6 +117,15 @@ struct RespondentFile {
     currency: Option<String>,
 }
 
+/// A respondent's system prompt: one text for every language, or a table of
+/// texts by language tag.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum SystemPromptFile {
+    Text(String),
+    ByLanguage(BTreeMap<String, String>),
+}
+
 impl RespondentFile {
     /// The first HTTP-only key set on this respondent, if any.
     fn api_only_key(&self) -> Option<&'static str> {
@@ -123,6 +136,8 @@ impl RespondentFile {
             ("temperature", self.temperature.is_some()),
             ("max_tokens", self.max_tokens.is_some()),
             ("system_prompt", self.system_prompt.is_some()),
+            ("top_p", self.top_p.is_some()),
+            ("seed", self.seed.is_some()),
             ("timeout_secs", self.timeout_secs.is_some()),
             ("logprobs", self.logprobs.is_some()),
             ("rating_source", self.rating_source.is_some()),
@@ -334,9 +349,18 @@ pub fn parse_file(text: &str) -> Result<StudySpec, StudyError> {
                 base_url: r.base_url,
                 api_key_env: r.api_key_env,
                 api_key_file: r.api_key_file,
-                temperature: r.temperature.unwrap_or(0.0),
+                temperature: r.temperature,
+                top_p: r.top_p,
+                seed: r.seed,
                 max_tokens: r.max_tokens.unwrap_or(0),
-                system_prompt: r.system_prompt.unwrap_or_default(),
+                system_prompt: match &r.system_prompt {
+                    Some(SystemPromptFile::Text(t)) => t.clone(),
+                    _ => String::new(),
+                },
+                system_prompts: match r.system_prompt {
+                    Some(SystemPromptFile::ByLanguage(m)) => m.into_iter().collect(),
+                    _ => Default::default(),
+                },
                 timeout_secs: r.timeout_secs.unwrap_or(0),
                 logprobs: r.logprobs.unwrap_or(false),
                 rating_source: rating_source as i32,
@@ -556,6 +580,7 @@ pub fn validate_with_env(
                     ));
                 }
                 validate_api(api, &prefix)?;
+                validate_for_provider(api, &respondent.provider, &spec.languages, &prefix)?;
                 if spec.administration == Administration::AllItems as i32
                     && matches!(
                         RatingSource::try_from(api.rating_source),
@@ -670,13 +695,79 @@ fn validate_factors(spec: &StudySpec) -> Result<(), StudyError> {
     Ok(())
 }
 
+/// Checks an HTTP respondent's settings against what its provider accepts
+/// (see [`crate::provider::Preset`]): the temperature range, and whether
+/// `top_p`, `seed` and log-probabilities exist there; and that per-language
+/// system prompts are for the study's languages.
+pub fn validate_for_provider(
+    api: &ApiSettings,
+    provider: &str,
+    languages: &[String],
+    prefix: &str,
+) -> Result<(), StudyError> {
+    for (language, text) in &api.system_prompts {
+        if !languages.contains(language) {
+            return Err(bad(
+                format!("{prefix}.system_prompt.{language}"),
+                format!("the study has no language {language:?}"),
+            ));
+        }
+        if text.chars().count() > MAX_SYSTEM_PROMPT_CHARS {
+            return Err(bad(
+                format!("{prefix}.system_prompt.{language}"),
+                format!("longer than {MAX_SYSTEM_PROMPT_CHARS} characters"),
+            ));
+        }
+    }
+    let Some(preset) = crate::provider::preset(provider) else {
+        return Ok(());
+    };
+    if let Some(t) = api.temperature {
+        let (low, high, open) = preset.temperature;
+        if t > high || t < low || (open && t <= low) {
+            let range = if open {
+                format!("({low}, {high}]")
+            } else {
+                format!("[{low}, {high}]")
+            };
+            return Err(bad(
+                format!("{prefix}.temperature"),
+                format!("{t} is outside {range}, the range {provider} accepts"),
+            ));
+        }
+    }
+    for (field, set, accepted) in [
+        ("top_p", api.top_p.is_some(), preset.top_p),
+        ("seed", api.seed.is_some(), preset.seed),
+        ("logprobs", api.logprobs, preset.logprobs),
+    ] {
+        if set && !accepted {
+            return Err(bad(
+                format!("{prefix}.{field}"),
+                format!("{provider}'s API does not take {field}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Checks the numeric and enum settings of an HTTP respondent; `prefix` is
 /// its field path (`respondents[1]`).
 pub fn validate_api(api: &ApiSettings, prefix: &str) -> Result<(), StudyError> {
-    if !api.temperature.is_finite() || api.temperature < 0.0 {
+    if let Some(t) = api.temperature
+        && !(t.is_finite() && t >= 0.0)
+    {
         return Err(bad(
             format!("{prefix}.temperature"),
-            format!("{} is not a non-negative number", api.temperature),
+            format!("{t} is not a non-negative number"),
+        ));
+    }
+    if let Some(p) = api.top_p
+        && !(p.is_finite() && p > 0.0 && p <= 1.0)
+    {
+        return Err(bad(
+            format!("{prefix}.top_p"),
+            format!("{p} is outside (0, 1]"),
         ));
     }
     for (key, value) in [
@@ -1100,8 +1191,19 @@ max_retry_wait_secs = 20
             "respondents[1].rating_source: choosing the rating from option probabilities needs logprobs = true"
         );
         assert_eq!(
-            invalid(&|a| a.temperature = -0.5),
+            invalid(&|a| a.temperature = Some(-0.5)),
             "respondents[1].temperature: -0.5 is not a non-negative number"
+        );
+        assert_eq!(
+            invalid(&|a| a.top_p = Some(1.5)),
+            "respondents[1].top_p: 1.5 is outside (0, 1]"
+        );
+        assert_eq!(
+            invalid(&|a| a
+                .system_prompts
+                .insert("fr".into(), "Bonjour".into())
+                .map_or((), drop)),
+            "respondents[1].system_prompt.fr: the study has no language \"fr\""
         );
         // In the file: an unknown rating source, a setting on a simulated respondent.
         let e = parse_file(&API_STUDY.replace("\"expected\"", "\"mean\"")).expect_err("unknown");
@@ -1127,6 +1229,87 @@ max_retry_wait_secs = 20
                 .expect_err("negative")
                 .to_string(),
             "respondents[1].requests_per_minute: -3 is negative"
+        );
+    }
+
+    #[test]
+    fn settings_a_provider_refuses_are_named_before_anything_is_paid_for() {
+        let catalog = Catalog::built_in().expect("catalog");
+        let check = |provider: &str, edit: &dyn Fn(&mut ApiSettings)| {
+            let mut spec = parse_file(API_STUDY).expect("parses");
+            if let Some(r) = spec.respondents[1].respondent.as_mut() {
+                r.provider = provider.into();
+            }
+            let a = api(&mut spec, 1);
+            a.logprobs = false;
+            a.rating_source = RatingSource::Unspecified as i32;
+            a.api_key_env = "KEY".into();
+            edit(a);
+            validate_with_env(&spec, &catalog, &|_| Some("k".into())).map_err(|e| e.to_string())
+        };
+        assert_eq!(check("spark", &|a| a.temperature = Some(1.0)), Ok(()));
+        assert_eq!(
+            check("spark", &|a| a.temperature = Some(0.0)),
+            Err("respondents[1].temperature: 0 is outside (0, 1], the range spark accepts".into())
+        );
+        assert_eq!(
+            check("qianfan", &|a| a.temperature = Some(1.5)),
+            Err(
+                "respondents[1].temperature: 1.5 is outside (0, 1], the range qianfan accepts"
+                    .into()
+            )
+        );
+        assert_eq!(check("openai", &|a| a.temperature = Some(1.5)), Ok(()));
+        assert_eq!(
+            check("anthropic", &|a| a.temperature = Some(1.5)),
+            Err(
+                "respondents[1].temperature: 1.5 is outside [0, 1], the range anthropic accepts"
+                    .into()
+            )
+        );
+        assert_eq!(
+            check("spark", &|a| a.top_p = Some(0.9)),
+            Err("respondents[1].top_p: spark's API does not take top_p".into())
+        );
+        assert_eq!(
+            check("anthropic", &|a| a.seed = Some(7)),
+            Err("respondents[1].seed: anthropic's API does not take seed".into())
+        );
+        assert_eq!(
+            check("anthropic", &|a| a.logprobs = true),
+            Err("respondents[1].logprobs: anthropic's API does not take logprobs".into())
+        );
+        assert_eq!(
+            check("openai", &|a| {
+                a.seed = Some(7);
+                a.top_p = Some(0.5);
+                a.logprobs = true;
+            }),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn a_system_prompt_may_be_given_per_language() {
+        let text = API_STUDY
+            .replace("languages = [\"en\"]", "languages = [\"en\", \"zh\"]")
+            .replace(
+                "system_prompt = \"You are a survey respondent.\"",
+                "system_prompt = { en = \"You are a respondent.\", zh = \"你是一名受访者。\" }\ntop_p = 0.9\nseed = 42",
+            );
+        let mut spec = parse_file(&text).expect("parses");
+        let catalog = Catalog::built_in().expect("catalog");
+        validate_with_env(&spec, &catalog, &|_| None).expect("valid");
+        let a = api(&mut spec, 1).clone();
+        assert_eq!(a.system_prompt, "");
+        assert_eq!(
+            a.system_prompts.get("zh").map(String::as_str),
+            Some("你是一名受访者。")
+        );
+        assert_eq!(a.system_prompts.len(), 2);
+        assert_eq!(
+            (a.top_p, a.seed, a.temperature),
+            (Some(0.9), Some(42), None)
         );
     }
 

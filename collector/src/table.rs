@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 use careers_proto::scale::{self, RIASEC};
-use careers_proto::v1::Summary;
+use careers_proto::v1::{InvalidReason, Summary};
 
 /// A profile's conditions as `factor=level` pairs joined by commas.
 fn condition_label(p: &careers_proto::v1::ProfileSummary) -> String {
@@ -53,7 +53,11 @@ pub fn riasec_table(summary: &Summary) -> String {
         for s in RIASEC {
             let _ = write!(out, "  {:>5}", scale::letter(s));
         }
-        let _ = writeln!(out, "  {:<7}  {:>6}  {:>7}", "holland", "n", "invalid");
+        let _ = writeln!(
+            out,
+            "  {:<7}  {:>6}  {:>7}  {:>7}",
+            "holland", "n", "invalid", "refused"
+        );
         for p in summary
             .profiles
             .iter()
@@ -73,7 +77,17 @@ pub fn riasec_table(summary: &Summary) -> String {
                     }
                 }
             }
-            let _ = writeln!(out, "  {:<7}  {:>6}  {:>7}", p.holland_code, p.n, p.invalid);
+            let refused: u64 = p
+                .invalid_by_reason
+                .iter()
+                .filter(|c| c.reason == InvalidReason::Refusal as i32)
+                .map(|c| c.count)
+                .sum();
+            let _ = writeln!(
+                out,
+                "  {:<7}  {:>6}  {:>7}  {:>7}",
+                p.holland_code, p.n, p.invalid, refused
+            );
         }
     }
     if !summary.usage.is_empty() {

@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -104,12 +105,20 @@ struct Seen {
     at: Instant,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct MockState {
     script: Mutex<VecDeque<MockReply>>,
     fallback: Mutex<Option<MockReply>>,
     seen: Mutex<Vec<Seen>>,
+    /// Requests being answered now, and the most there ever were at once.
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    /// Answers from the request body once the script is used up (instead of
+    /// the fallback).
+    responder: Mutex<Option<Responder>>,
 }
+
+type Responder = Arc<dyn Fn(&serde_json::Value) -> MockReply + Send + Sync>;
 
 struct Mock {
     addr: SocketAddr,
@@ -117,12 +126,21 @@ struct Mock {
 }
 
 impl Mock {
+    /// A server that answers every request from its JSON body.
+    async fn responding(
+        responder: impl Fn(&serde_json::Value) -> MockReply + Send + Sync + 'static,
+    ) -> Self {
+        let mock = Self::start(Vec::new(), reply(500, "no responder")).await;
+        *mock.state.responder.lock().expect("responder") = Some(Arc::new(responder));
+        mock
+    }
+
     /// A server that answers with `script` in order, then with `fallback`.
     async fn start(script: Vec<MockReply>, fallback: MockReply) -> Self {
         let state = Arc::new(MockState {
             script: Mutex::new(script.into()),
             fallback: Mutex::new(Some(fallback)),
-            seen: Mutex::default(),
+            ..MockState::default()
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -146,6 +164,10 @@ impl Mock {
     fn with_seen<T>(&self, f: impl FnOnce(&[Seen]) -> T) -> T {
         f(&self.state.seen.lock().expect("seen"))
     }
+
+    fn max_in_flight(&self) -> usize {
+        self.state.max_in_flight.load(Ordering::SeqCst)
+    }
 }
 
 async fn handle(
@@ -154,19 +176,28 @@ async fn handle(
     headers: HeaderMap,
     body: String,
 ) -> Response<Body> {
+    let request_body = body.clone();
     state.seen.lock().expect("seen").push(Seen {
         path: uri.path().to_string(),
         headers,
         body,
         at: Instant::now(),
     });
+    let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    state.max_in_flight.fetch_max(now, Ordering::SeqCst);
     let next = state.script.lock().expect("script").pop_front();
+    let responder = state.responder.lock().expect("responder").clone();
     let next = next
+        .or_else(|| {
+            let json = serde_json::from_str(&request_body).ok()?;
+            responder.map(|r| r(&json))
+        })
         .or_else(|| state.fallback.lock().expect("fallback").clone())
         .unwrap_or_else(|| reply(500, "script exhausted"));
     if !next.delay.is_zero() {
         tokio::time::sleep(next.delay).await;
     }
+    state.in_flight.fetch_sub(1, Ordering::SeqCst);
     let mut response = Response::builder()
         .status(next.status)
         .header("content-type", "application/json");
@@ -184,8 +215,12 @@ fn config(provider: &str, base_url: &str) -> HttpConfig {
         model: "model-1".into(),
         base_url: base_url.into(),
         key: Some(ApiKey::new(KEY)),
-        temperature: 0.7,
+        temperature: Some(0.7),
+        top_p: None,
+        seed: None,
         max_tokens: 16,
+        max_tokens_field: careers_collector::provider::preset(provider)
+            .map_or("max_tokens", |p| p.max_tokens_field),
         timeout: Duration::from_secs(10),
         logprobs: false,
     }
@@ -293,7 +328,13 @@ async fn openai_faults_are_classified_and_good_answers_parsed() {
         let body: serde_json::Value = serde_json::from_str(&last.body).expect("json body");
         assert_eq!(body["model"], "model-1");
         assert_eq!(body["temperature"], 0.7);
-        assert_eq!(body["max_tokens"], 16);
+        // OpenAI's newer models refuse max_tokens.
+        assert_eq!(body["max_completion_tokens"], 16);
+        assert!(body.get("max_tokens").is_none(), "{body}");
+        assert!(
+            body.get("top_p").is_none() && body.get("seed").is_none(),
+            "{body}"
+        );
         assert_eq!(body["messages"][0]["role"], "system");
         assert_eq!(body["messages"][1]["role"], "user");
         assert_eq!(
@@ -533,7 +574,7 @@ fn api_respondent(name: &str, provider: &str, base_url: &str, key_file: &str) ->
             base_url: base_url.into(),
             api_key_env: String::new(),
             api_key_file: key_file.into(),
-            temperature: 1.0,
+            temperature: Some(1.0),
             max_tokens: 8,
             ..Default::default()
         })),
@@ -566,11 +607,21 @@ fn small_spec(name: &str, respondents: Vec<RespondentSpec>) -> StudySpec {
 }
 
 async fn run_study(rig: &Rig, spec: &StudySpec) -> RunOutcome {
+    run_study_with_progress(rig, spec).await.0
+}
+
+/// Runs a study and returns, with its outcome, the last progress message
+/// (what `WatchStudy` sends).
+async fn run_study_with_progress(
+    rig: &Rig,
+    spec: &StudySpec,
+) -> (RunOutcome, careers_proto::v1::StudyProgress) {
     let progress = runner::prepare(&rig.ctx, "", spec).await.expect("prepared");
     let (_cancel, cancel_rx) = tokio::sync::watch::channel(false);
-    runner::run(&rig.ctx, spec, progress, cancel_rx)
+    let outcome = runner::run(&rig.ctx, spec, progress.clone(), cancel_rx)
         .await
-        .expect("run ends")
+        .expect("run ends");
+    (outcome, progress.snapshot())
 }
 
 async fn summary(rig: &Rig, study: &str) -> Summary {
@@ -624,19 +675,28 @@ async fn transient_faults_are_retried_and_a_study_lands_exactly() {
     )
     .await;
     let anthropic = Mock::start(vec![reply(529, "{}")], anthropic_answer("2")).await;
-    let spec = small_spec(
-        "live-mock",
-        vec![
-            api_respondent("gpt", "openai", &openai.base_url("/v1"), &rig.key_file),
-            api_respondent(
-                "claude",
-                "anthropic",
-                &anthropic.base_url(""),
-                &rig.key_file,
-            ),
-        ],
+    let gpt = with_api(
+        api_respondent("gpt", "openai", &openai.base_url("/v1"), &rig.key_file),
+        |api| {
+            api.input_price_per_million = 0.5;
+            api.output_price_per_million = 1.5;
+        },
     );
-    let outcome = run_study(&rig, &spec).await;
+    let claude = with_api(
+        api_respondent(
+            "claude",
+            "anthropic",
+            &anthropic.base_url(""),
+            &rig.key_file,
+        ),
+        |api| {
+            api.input_price_per_million = 3.0;
+            api.output_price_per_million = 15.0;
+            api.currency = "EUR".into();
+        },
+    );
+    let spec = small_spec("live-mock", vec![gpt, claude]);
+    let (outcome, progress) = run_study_with_progress(&rig, &spec).await;
     assert_eq!(outcome.state, StudyState::Completed, "{outcome:?}");
     assert_eq!((outcome.answered_now, outcome.failed), (240, 0));
     // 120 tasks each, plus one request per transient fault.
@@ -660,6 +720,76 @@ async fn transient_faults_are_retried_and_a_study_lands_exactly() {
     let s = summary(&rig, "live-mock").await;
     assert_eq!(s.responses, 240);
     assert_eq!((s.valid, s.invalid), (239, 1));
+    // Exact accounting: every request and retry, the tokens of the
+    // successful replies (42 + 3 from the OpenAI mock, 40 + 2 from the
+    // Anthropic one), and their cost at the configured prices.
+    let gpt_cost = (120.0 * 42.0 * 0.5 + 120.0 * 3.0 * 1.5) / 1e6;
+    let claude_cost = (120.0 * 40.0 * 3.0 + 120.0 * 2.0 * 15.0) / 1e6;
+    let usage: Vec<_> = s
+        .usage
+        .iter()
+        .map(|u| {
+            (
+                u.respondent.as_str(),
+                u.responses,
+                u.requests,
+                u.retries,
+                u.input_tokens,
+                u.output_tokens,
+                u.cost_currency.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        usage,
+        vec![
+            ("claude", 120, 121, 1, 4800, 240, "EUR"),
+            ("gpt", 120, 126, 6, 5040, 360, "USD"),
+        ]
+    );
+    assert!(
+        (s.usage[0].cost - claude_cost).abs() < 1e-12,
+        "{}",
+        s.usage[0].cost
+    );
+    assert!(
+        (s.usage[1].cost - gpt_cost).abs() < 1e-12,
+        "{}",
+        s.usage[1].cost
+    );
+    // The same in the progress message WatchStudy sends, in study order.
+    let accounts: Vec<_> = progress
+        .respondents
+        .iter()
+        .map(|r| {
+            (
+                r.respondent.as_str(),
+                r.done,
+                r.total,
+                r.requests,
+                r.retries,
+                r.input_tokens,
+                r.output_tokens,
+                r.currency.as_str(),
+                r.failure.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        accounts,
+        vec![
+            ("gpt", 120, 120, 126, 6, 5040, 360, "USD", ""),
+            ("claude", 120, 120, 121, 1, 4800, 240, "EUR", ""),
+        ]
+    );
+    assert!((progress.respondents[0].cost - gpt_cost).abs() < 1e-12);
+    assert!((progress.respondents[1].cost - claude_cost).abs() < 1e-12);
+    // The one unusable answer ("It depends ...") is no refusal.
+    assert_eq!((progress.invalid, progress.refusals), (1, 0));
+    // The final table shows the cost per respondent.
+    let table = careers_collector::table::riasec_table(&s);
+    assert!(table.contains("0.0031 USD"), "{table}");
+    assert!(table.contains("0.0180 EUR"), "{table}");
     let counts = rig
         .ctx
         .journal
@@ -681,8 +811,17 @@ async fn permanent_failure_case(name: &str, fault: MockReply, expect: &str) {
             simulated_respondent(),
         ],
     );
-    let outcome = run_study(&rig, &spec).await;
+    let (outcome, progress) = run_study_with_progress(&rig, &spec).await;
     assert_eq!(mock.requests(), 1, "a permanent error is not retried");
+    // WatchStudy shows the stopped respondent with the provider's message.
+    let gpt = &progress.respondents[0];
+    assert_eq!(
+        (gpt.respondent.as_str(), gpt.done, gpt.requests),
+        ("gpt", 0, 1)
+    );
+    assert!(gpt.failure.contains(expect), "{}", gpt.failure);
+    assert!(!gpt.failure.contains(KEY), "{}", gpt.failure);
+    assert!(progress.respondents[1].failure.is_empty());
     assert_eq!(outcome.state, StudyState::Failed, "{outcome:?}");
     assert_eq!(
         outcome.answered_now, 120,
@@ -844,34 +983,53 @@ async fn rating_source_chooses_from_logprobs_and_expected_rating_is_exported() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn max_retry_wait_caps_a_huge_retry_hint() {
+async fn a_retry_hint_beyond_max_retry_wait_stops_the_respondent_until_a_rerun() {
     let rig = rig().await;
     let mock = Mock::start(
-        vec![reply(429, r#"{"error":{"message":"slow down"}}"#).with("retry-after", "86400")],
+        vec![
+            reply(429, r#"{"error":{"message":"daily limit reached"}}"#)
+                .with("retry-after", "86400"),
+        ],
         openai_answer("4"),
     )
     .await;
     let gpt = with_api(
         api_respondent("gpt", "openai", &mock.base_url("/v1"), &rig.key_file),
-        |api| api.max_retry_wait_secs = 1,
+        |api| api.max_retry_wait_secs = 60,
     );
-    let mut spec = small_spec("live-retry-cap", vec![gpt]);
+    let mut spec = small_spec("live-retry-cap", vec![gpt, simulated_respondent()]);
     spec.instruments = vec!["onet-ip-sf".into()];
-    let started = Instant::now();
-    let outcome = tokio::time::timeout(Duration::from_secs(120), run_study(&rig, &spec))
-        .await
-        .expect("the capped wait ends long before the server's day-long hint");
-    assert_eq!(outcome.state, StudyState::Completed, "{outcome:?}");
-    assert_eq!((outcome.answered_now, outcome.failed), (60, 0));
+    let (outcome, progress) = tokio::time::timeout(
+        Duration::from_secs(120),
+        run_study_with_progress(&rig, &spec),
+    )
+    .await
+    .expect("the run does not sit out the server's day-long hint");
+    // Never asked again sooner than the server said: one request, then stop.
+    assert_eq!(mock.requests(), 1);
+    assert_eq!(outcome.state, StudyState::Failed, "{outcome:?}");
+    assert_eq!(outcome.answered_now, 60, "the simulated respondent goes on");
+    assert!(
+        outcome
+            .error
+            .contains("longer than max_retry_wait_secs (60 s)"),
+        "{}",
+        outcome.error
+    );
+    let gpt = &progress.respondents[0];
+    assert_eq!(gpt.respondent, "gpt");
+    assert!(
+        gpt.failure.contains("asks to wait 86400 s"),
+        "{}",
+        gpt.failure
+    );
+    assert_eq!((gpt.done, gpt.total, gpt.requests), (0, 60, 1));
+    // Run again later: the study resumes and finishes the stopped respondent.
+    let again = run_study(&rig, &spec).await;
+    assert_eq!(again.state, StudyState::Completed, "{again:?}");
+    assert_eq!(again.answered_now, 60);
     assert_eq!(mock.requests(), 61);
-    mock.with_seen(|seen| {
-        // The retry waited for the cap (1 s), not less.
-        assert!(
-            seen[1].at.duration_since(seen[0].at) >= Duration::from_secs(1),
-            "retried before the capped hint"
-        );
-    });
-    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert_eq!(summary(&rig, "live-retry-cap").await.responses, 120);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -978,4 +1136,274 @@ async fn unusable_answers_are_reasked_and_every_raw_text_is_kept() {
     let usage = summary(&rig, "reask").await.usage;
     // Two re-asks are requests, not retries (no transient error happened).
     assert_eq!((usage[0].requests, usage[0].retries), (62, 0));
+}
+
+/// The user and system messages of an OpenAI-compatible request body.
+fn messages(body: &serde_json::Value) -> (Option<String>, String) {
+    let mut system = None;
+    let mut user = String::new();
+    for m in body["messages"].as_array().into_iter().flatten() {
+        let text = m["content"].as_str().unwrap_or_default().to_string();
+        match m["role"].as_str() {
+            Some("system") => system = Some(text),
+            _ => user = text,
+        }
+    }
+    (system, user)
+}
+
+/// The rating the mock gives an activity: fixed by its text, so a test can
+/// check that every numbered answer line reached the right item.
+fn rating_for(text: &str) -> u32 {
+    (text.chars().count() % 5) as u32 + 1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn personas_and_all_items_requests_reach_the_wire_and_map_back_to_items() {
+    let rig = rig().await;
+    let en = [
+        "Strongly Dislike",
+        "Dislike",
+        "Unsure",
+        "Like",
+        "Strongly Like",
+    ];
+    let zh = ["非常不喜欢", "不喜欢", "不确定", "喜欢", "非常喜欢"];
+    // Answers every numbered activity of the prompt, a line each, in mixed
+    // styles: a digit, the English label, the Chinese label (the wrong
+    // language for this English study), or a markdown list item.
+    let mock = Mock::responding(move |body| {
+        let (_, user) = messages(body);
+        let mut lines = vec!["Sure, here are my answers:".to_string(), String::new()];
+        for line in user.lines() {
+            let Some((n, text)) = line.split_once(". ") else {
+                continue;
+            };
+            let Ok(n) = n.parse::<usize>() else { continue };
+            let r = rating_for(text) as usize;
+            lines.push(match n % 4 {
+                0 => format!("{n}: {r}"),
+                1 => format!("{n}. {}", en[r - 1]),
+                2 => format!("{n}: {}", zh[r - 1]),
+                _ => format!("- **{n}**: {r}"),
+            });
+        }
+        let reply_body = serde_json::json!({
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": lines.join("\n")}}],
+            "usage": {"prompt_tokens": 900, "completion_tokens": 301}
+        });
+        reply(200, &reply_body.to_string())
+    })
+    .await;
+    let gpt = with_api(
+        api_respondent("gpt", "vllm", &mock.base_url("/v1"), &rig.key_file),
+        |api| {
+            api.system_prompts
+                .insert("en".into(), "You are a survey respondent.".into());
+            api.max_tokens = 0;
+        },
+    );
+    let mut spec = small_spec("live-factors", vec![gpt]);
+    spec.instruments = vec!["onet-ip-sf".into()];
+    spec.administration = careers_proto::v1::Administration::AllItems as i32;
+    spec.factors = vec![careers_proto::v1::DesignFactor {
+        name: "persona".into(),
+        levels: vec![
+            careers_proto::v1::FactorLevel {
+                name: "none".into(),
+                ..Default::default()
+            },
+            careers_proto::v1::FactorLevel {
+                name: "teacher".into(),
+                system_prompt: [("en".to_string(), "You are a teacher.".to_string())].into(),
+                preamble: [("en".to_string(), "Answer as yourself.".to_string())].into(),
+                ..Default::default()
+            },
+        ],
+    }];
+    study::validate_with_env(&spec, &rig.ctx.catalog, &|_| None).expect("valid");
+    let outcome = run_study(&rig, &spec).await;
+    assert_eq!(outcome.state, StudyState::Completed, "{outcome:?}");
+    assert_eq!(outcome.answered_now, 120);
+    // One request per form: persona none and teacher.
+    assert_eq!(mock.requests(), 2);
+    mock.with_seen(|seen| {
+        let mut framings: Vec<(Option<String>, bool, usize)> = seen
+            .iter()
+            .map(|s| {
+                let body: serde_json::Value = serde_json::from_str(&s.body).expect("json");
+                let (system, user) = messages(&body);
+                let listed = user.lines().filter(|l| l.starts_with("60. ")).count();
+                (system, user.starts_with("Answer as yourself.\n\n"), listed)
+            })
+            .collect();
+        framings.sort();
+        assert_eq!(
+            framings,
+            vec![
+                (Some("You are a survey respondent.".into()), false, 1),
+                (
+                    Some("You are a survey respondent.\n\nYou are a teacher.".into()),
+                    true,
+                    1
+                ),
+            ]
+        );
+    });
+    let catalog = Catalog::built_in().expect("catalog");
+    let instrument = catalog.get("onet-ip-sf").expect("instrument");
+    let responses = export(&rig, "live-factors").await;
+    assert_eq!(responses.len(), 120);
+    for r in &responses {
+        let item = instrument.item(&r.item_id).expect("item");
+        let text = item.texts.get("en").expect("en text");
+        assert_eq!(
+            r.answer,
+            Some(Answer::Rating(rating_for(text))),
+            "{} answered {:?}",
+            r.item_id,
+            r.raw_text
+        );
+        assert_eq!(
+            r.administration,
+            careers_proto::v1::Administration::AllItems as i32
+        );
+        assert!(r.conditions.contains_key("persona"));
+        // Each item keeps its own line of the reply as raw text.
+        assert!(!r.raw_text.contains('\n'), "{:?}", r.raw_text);
+    }
+    let usage = &summary(&rig, "live-factors").await.usage[0];
+    // Two requests, their tokens split over the items without loss.
+    assert_eq!(
+        (
+            usage.requests,
+            usage.retries,
+            usage.input_tokens,
+            usage.output_tokens
+        ),
+        (2, 0, 1800, 602)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_in_the_other_language_are_read() {
+    let rig = rig().await;
+    // An English prompt answered in Chinese, a Chinese one in English.
+    let mock = Mock::responding(|body| {
+        let (_, user) = messages(body);
+        let chinese = user.chars().any(|c| ('\u{4e00}'..='\u{9fff}').contains(&c));
+        openai_answer(if chinese {
+            "I would choose: Like"
+        } else {
+            "我的选择是：非常喜欢"
+        })
+    })
+    .await;
+    let mut spec = small_spec(
+        "live-languages",
+        vec![api_respondent(
+            "gpt",
+            "openai",
+            &mock.base_url("/v1"),
+            &rig.key_file,
+        )],
+    );
+    spec.languages = vec!["en".into(), "zh".into()];
+    spec.instruments = vec!["onet-ip-sf".into()];
+    spec.concurrency = 8;
+    let outcome = run_study(&rig, &spec).await;
+    assert_eq!(outcome.state, StudyState::Completed, "{outcome:?}");
+    let responses = export(&rig, "live-languages").await;
+    assert_eq!(responses.len(), 120);
+    for r in &responses {
+        let want = if r.language == "zh" { 4 } else { 5 };
+        assert_eq!(
+            r.answer,
+            Some(Answer::Rating(want)),
+            "{}: {:?}",
+            r.language,
+            r.raw_text
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_per_minute_and_max_concurrency_hold_a_respondent_back() {
+    let rig = rig().await;
+    let mut slow = openai_answer("4");
+    slow.delay = Duration::from_millis(20);
+    let mock = Mock::start(Vec::new(), slow).await;
+    // 54,000 tokens a minute is 900 a second (and a burst of 900); each
+    // answer settles at 45 tokens (42 + 3), so 60 answers use 2,700 tokens:
+    // at least (2,700 - 900) / 900 = 2 s.
+    let gpt = with_api(
+        api_respondent("gpt", "openai", &mock.base_url("/v1"), &rig.key_file),
+        |api| {
+            api.tokens_per_minute = 54_000.0;
+            api.max_concurrency = 3;
+        },
+    );
+    let mut spec = small_spec("live-tpm", vec![gpt]);
+    spec.instruments = vec!["onet-ip-sf".into()];
+    spec.concurrency = 16;
+    let started = Instant::now();
+    let outcome = run_study(&rig, &spec).await;
+    assert_eq!(outcome.state, StudyState::Completed, "{outcome:?}");
+    assert_eq!(outcome.answered_now, 60);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1800),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        mock.max_in_flight() <= 3,
+        "{} at once",
+        mock.max_in_flight()
+    );
+    assert!(
+        mock.max_in_flight() >= 2,
+        "the respondent was asked one at a time"
+    );
+}
+
+#[tokio::test]
+async fn provider_quirks_spark_errors_in_200_and_gemini_retry_delay() {
+    let mock = Mock::start(
+        vec![
+            reply(200, r#"{"code":11202,"message":"QPS limit exceeded","sid":"x"}"#),
+            reply(
+                429,
+                r#"[{"error":{"code":429,"message":"Resource has been exhausted (e.g. check quota).","status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"3s"}]}}]"#,
+            ),
+            reply(200, r#"{"code":11200,"message":"AppIdNoAuthError"}"#),
+        ],
+        reply(
+            200,
+            r#"{"code":0,"message":"Success","choices":[{"message":{"role":"assistant","content":"喜欢"},"index":0}],"usage":{"prompt_tokens":5,"completion_tokens":1}}"#,
+        ),
+    )
+    .await;
+    let mut cfg = config("spark", &mock.base_url("/v1"));
+    cfg.temperature = None;
+    cfg.max_tokens = 0;
+    let provider = OpenAi::new(cfg).expect("provider");
+    let e = ask(&provider).await.expect_err("qps");
+    assert_eq!(hint(&e), None);
+    assert!(
+        e.to_string().contains("QPS limit exceeded (code 11202)"),
+        "{e}"
+    );
+    let e = ask(&provider).await.expect_err("gemini-style 429");
+    assert_eq!(hint(&e), Some(Duration::from_secs(3)));
+    match ask(&provider).await {
+        Err(ProviderError::Permanent(m)) => assert!(m.contains("AppIdNoAuthError"), "{m}"),
+        other => panic!("expected permanent, got {other:?}"),
+    }
+    assert_eq!(ask(&provider).await.expect("answer").text, "喜欢");
+    mock.with_seen(|seen| {
+        let body: serde_json::Value = serde_json::from_str(&seen[0].body).expect("json");
+        // Unset temperature and max_tokens are not sent: the API's defaults apply.
+        assert!(body.get("temperature").is_none(), "{body}");
+        assert!(body.get("max_tokens").is_none(), "{body}");
+    });
 }

@@ -57,7 +57,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     input_tokens  INTEGER NOT NULL DEFAULT 0,
     output_tokens INTEGER NOT NULL DEFAULT 0,
     cost          REAL    NOT NULL DEFAULT 0,
-    currency      TEXT    NOT NULL DEFAULT ''
+    currency      TEXT    NOT NULL DEFAULT '',
+    refusal       INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS tasks_by_study ON tasks (study_id, answered, ord);
 CREATE INDEX IF NOT EXISTS tasks_unforwarded ON tasks (study_id, answered, forwarded);
@@ -86,6 +87,7 @@ const ACCOUNTING_COLUMNS: &[(&str, &str)] = &[
     ("output_tokens", "INTEGER NOT NULL DEFAULT 0"),
     ("cost", "REAL NOT NULL DEFAULT 0"),
     ("currency", "TEXT NOT NULL DEFAULT ''"),
+    ("refusal", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 /// Tokens and cost of one respondent's answered tasks.
@@ -118,6 +120,8 @@ pub struct CellCount {
     pub done: u64,
     /// Answered with an invalid answer.
     pub invalid: u64,
+    /// Of them, refusals.
+    pub refusals: u64,
     /// Acknowledged by the analyzer.
     pub forwarded: u64,
 }
@@ -352,16 +356,21 @@ impl Journal {
         let mut tx = self.pool.begin().await?;
         let mut changed = 0;
         for r in responses {
-            let invalid = matches!(
-                r.answer,
-                Some(careers_proto::v1::item_response::Answer::Invalid(_))
-            );
+            let (invalid, refusal) = match &r.answer {
+                Some(careers_proto::v1::item_response::Answer::Invalid(i)) => (
+                    true,
+                    i.reason == careers_proto::v1::InvalidReason::Refusal as i32,
+                ),
+                _ => (false, false),
+            };
             let tokens = r.tokens.unwrap_or_default();
             changed += sqlx::query(
-                "UPDATE tasks SET answered = 1, invalid = ?, response = ?, input_tokens = ?, \
-                 output_tokens = ?, cost = ?, currency = ? WHERE task_id = ? AND answered = 0",
+                "UPDATE tasks SET answered = 1, invalid = ?, refusal = ?, response = ?, \
+                 input_tokens = ?, output_tokens = ?, cost = ?, currency = ? \
+                 WHERE task_id = ? AND answered = 0",
             )
             .bind(invalid)
+            .bind(refusal)
             .bind(r.encode_to_vec())
             .bind(i64::try_from(tokens.input_tokens).unwrap_or(i64::MAX))
             .bind(i64::try_from(tokens.output_tokens).unwrap_or(i64::MAX))
@@ -414,7 +423,8 @@ impl Journal {
     /// Per-cell counts for a study.
     pub async fn cell_counts(&self, study_id: &str) -> Result<Vec<CellCount>, JournalError> {
         let rows = sqlx::query(
-            "SELECT respondent, language, instrument_id, COUNT(*), SUM(answered), SUM(invalid), SUM(forwarded) \
+            "SELECT respondent, language, instrument_id, COUNT(*), SUM(answered), SUM(invalid), SUM(forwarded), \
+             SUM(refusal) \
              FROM tasks WHERE study_id = ? GROUP BY respondent, language, instrument_id \
              ORDER BY respondent, language, instrument_id",
         )
@@ -431,6 +441,7 @@ impl Journal {
                 done: r.get::<i64, _>(4) as u64,
                 invalid: r.get::<i64, _>(5) as u64,
                 forwarded: r.get::<i64, _>(6) as u64,
+                refusals: r.get::<i64, _>(7) as u64,
             })
             .collect())
     }

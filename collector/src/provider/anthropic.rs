@@ -75,9 +75,14 @@ impl Anthropic {
         let mut body = json!({
             "model": self.config.model,
             "max_tokens": max_tokens,
-            "temperature": self.config.temperature,
             "messages": [{"role": "user", "content": prompt}],
         });
+        if let Some(t) = self.config.temperature {
+            body["temperature"] = json!(t);
+        }
+        if let Some(p) = self.config.top_p {
+            body["top_p"] = json!(p);
+        }
         if let Some(system) = system {
             body["system"] = json!(system);
         }
@@ -86,6 +91,9 @@ impl Anthropic {
 
     /// Parses a 2xx body.
     fn reply(&self, body: &str) -> Result<Reply, ProviderError> {
+        if let Some(e) = http::error_in_body(&self.config, body) {
+            return Err(e);
+        }
         let parsed: MessagesResponse = serde_json::from_str(body).map_err(|e| {
             self.config
                 .malformed(&format!("malformed JSON in the reply: {e}"))

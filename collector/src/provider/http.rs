@@ -6,11 +6,16 @@
 //! - transient: HTTP 408, 429, 5xx except 501, connection errors, timeouts,
 //!   an unreadable body, malformed JSON, a reply without choices; carries the
 //!   server's retry hint (`retry-after-ms`, `retry-after` in seconds or as an
-//!   HTTP date, and on 429 `x-ratelimit-reset-requests` / `-tokens` like
-//!   `1s`, `250ms`, `6m0s`);
+//!   HTTP date, on 429 `x-ratelimit-reset-requests` / `-tokens` like `1s`,
+//!   `250ms`, `6m0s`, and Google's `RetryInfo.retryDelay` in the body);
 //! - permanent: every other 4xx (bad request, auth, unknown model) and quota
-//!   exhaustion (`insufficient_quota`, "quota" or "billing" in the error body),
-//!   even when it comes as a 429.
+//!   exhaustion even when it comes as a 429 ([`is_quota_exhausted`]: an
+//!   error code such as `insufficient_quota`, a spend limit, a daily quota).
+//!   An ordinary rate limit stays transient even when its message points to
+//!   the billing page, as OpenAI's do.
+//!
+//! Some APIs report errors inside a 200 reply (iFlytek Spark's non-zero
+//! `code`, an `error` object); [`error_in_body`] classifies those the same way.
 //!
 //! An API key is never printed: [`ApiKey`]'s `Debug` is redacted, and every
 //! error message passes through [`redact`] in case a server echoes the key.
@@ -132,10 +137,17 @@ pub struct HttpConfig {
     pub base_url: String,
     /// The API key, if the provider needs one.
     pub key: Option<ApiKey>,
-    /// Sampling temperature.
-    pub temperature: f64,
+    /// Sampling temperature; `None` sends none (the provider's default).
+    pub temperature: Option<f64>,
+    /// Nucleus sampling; `None` sends none.
+    pub top_p: Option<f64>,
+    /// Sampling seed; `None` sends none.
+    pub seed: Option<i64>,
     /// Maximum output tokens; 0 means the provider's default.
     pub max_tokens: u32,
+    /// The request field for `max_tokens` (the preset's, see
+    /// [`super::Preset::max_tokens_field`]).
+    pub max_tokens_field: &'static str,
     /// Per-request timeout.
     pub timeout: Duration,
     /// Ask for log-probabilities (`logprobs: true, top_logprobs: 5`) and
@@ -151,6 +163,8 @@ impl fmt::Debug for HttpConfig {
             .field("base_url", &self.base_url)
             .field("key", &self.key.as_ref().map(|_| "[redacted]"))
             .field("temperature", &self.temperature)
+            .field("top_p", &self.top_p)
+            .field("seed", &self.seed)
             .field("max_tokens", &self.max_tokens)
             .field("timeout", &self.timeout)
             .field("logprobs", &self.logprobs)
@@ -252,13 +266,9 @@ pub fn classify(
         ),
         key,
     );
-    let lower = body.to_lowercase();
-    let quota = lower.contains("insufficient_quota")
-        || lower.contains("quota")
-        || lower.contains("billing");
     let code = status.as_u16();
     let transient = match code {
-        429 => !quota,
+        429 => !is_quota_exhausted(body),
         408 => true,
         500..=599 => code != 501,
         _ => false,
@@ -266,11 +276,155 @@ pub fn classify(
     if transient {
         ProviderError::Transient {
             message,
-            retry_after: retry_hint(headers, code == 429, SystemTime::now()),
+            retry_after: retry_hint(headers, code == 429, SystemTime::now())
+                .or_else(|| body_retry_hint(body)),
         }
     } else {
         ProviderError::Permanent(message)
     }
+}
+
+/// Error codes (OpenAI's `code` / `type`, Qianfan's and others' alike) that
+/// mean the account cannot pay for more requests.
+const QUOTA_CODES: &[&str] = &[
+    "insufficient_quota",
+    "billing_hard_limit_reached",
+    "billing_not_active",
+    "access_terminated",
+    "insufficient_balance",
+    "account_deactivated",
+];
+
+/// Phrases of error messages that mean the same, lower case.
+const QUOTA_PHRASES: &[&str] = &[
+    "exceeded your current quota",
+    "insufficient_quota",
+    "insufficient balance",
+    "credit balance is too low",
+    "spend limit",
+    "spending limit",
+    "余额不足",
+    "欠费",
+];
+
+/// The error object of a JSON error body: `{"error": {...}}`, Google's
+/// `[{"error": {...}}]`, or the body itself.
+fn error_object(body: &str) -> Option<serde_json::Value> {
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    let v = match v {
+        serde_json::Value::Array(mut items) if !items.is_empty() => items.swap_remove(0),
+        v => v,
+    };
+    match v.get("error") {
+        Some(e) if e.is_object() => Some(e.clone()),
+        _ => Some(v),
+    }
+}
+
+/// Whether an error body says the account's quota or money is used up (not
+/// worth retrying), as opposed to an ordinary rate limit. Google's
+/// `RESOURCE_EXHAUSTED` is a rate limit unless its quota is a daily one.
+pub fn is_quota_exhausted(body: &str) -> bool {
+    let lower = body.to_lowercase();
+    if QUOTA_PHRASES.iter().any(|p| lower.contains(p)) {
+        return true;
+    }
+    let Some(error) = error_object(body) else {
+        return false;
+    };
+    let field = |name: &str| {
+        error
+            .get(name)
+            .and_then(|v| v.as_str())
+            .map(str::to_ascii_lowercase)
+    };
+    if ["code", "type"]
+        .iter()
+        .filter_map(|f| field(f))
+        .any(|c| QUOTA_CODES.contains(&c.as_str()))
+    {
+        return true;
+    }
+    // Google's QuotaFailure details: a per-day quota does not come back soon.
+    error
+        .get("details")
+        .and_then(|d| d.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d.get("violations").and_then(|v| v.as_array()))
+        .flatten()
+        .filter_map(|v| v.get("quotaId").and_then(|q| q.as_str()))
+        .any(|q| q.contains("PerDay"))
+}
+
+/// Google's retry hint in an error body: `RetryInfo.retryDelay` ("7s").
+pub fn body_retry_hint(body: &str) -> Option<Duration> {
+    error_object(body)?
+        .get("details")?
+        .as_array()?
+        .iter()
+        .filter_map(|d| d.get("retryDelay").and_then(|r| r.as_str()))
+        .find_map(parse_duration)
+}
+
+/// An error reported inside a 2xx reply, classified like a failed status:
+/// iFlytek Spark's non-zero `code` (11200 authorisation and 11201 daily
+/// limit are permanent; 10007, 11202 and 11203, rate and concurrency
+/// limits, and any other code are transient), or a top-level `error` object
+/// with no `choices` (treated as the status it names, else as a 500).
+pub fn error_in_body(config: &HttpConfig, body: &str) -> Option<ProviderError> {
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    if v.get("choices")
+        .is_some_and(|c| c.as_array().is_some_and(|a| !a.is_empty()))
+        || v.get("content").is_some()
+    {
+        return None;
+    }
+    let message = |detail: String| {
+        redact(
+            &format!("{}: error in a 200 reply: {detail}", config.provider),
+            config.key.as_ref(),
+        )
+    };
+    if let Some(code) = v.get("code").and_then(|c| c.as_i64())
+        && code != 0
+    {
+        let text = v
+            .get("message")
+            .and_then(|m| m.as_str())
+            .unwrap_or("(no message)");
+        let detail = message(format!("{text} (code {code})"));
+        return Some(match code {
+            11200 | 11201 => ProviderError::Permanent(detail),
+            _ => ProviderError::transient(detail),
+        });
+    }
+    let error = v.get("error").filter(|e| e.is_object())?;
+    let status = error
+        .get("code")
+        .and_then(|c| c.as_u64())
+        .and_then(|c| u16::try_from(c).ok())
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .filter(|s| s.is_client_error() || s.is_server_error())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    Some(
+        match classify(
+            &config.provider,
+            status,
+            &HeaderMap::new(),
+            body,
+            config.key.as_ref(),
+        ) {
+            ProviderError::Permanent(m) => ProviderError::Permanent(message(m)),
+            ProviderError::Transient {
+                message: m,
+                retry_after,
+            } => ProviderError::Transient {
+                message: message(m),
+                retry_after,
+            },
+        },
+    )
 }
 
 /// The useful part of an error body: the JSON `error.message` (with its code
@@ -465,12 +619,89 @@ mod tests {
         }
         let quota = r#"{"error":{"message":"You exceeded your current quota, please check your plan and billing details.","type":"insufficient_quota","code":"insufficient_quota"}}"#;
         assert!(!transient(429, quota));
+        // An ordinary rate limit whose message points to the billing page.
+        let rate = r#"{"error":{"message":"Rate limit reached for gpt-4o in organization org-x on requests per min (RPM): Limit 3, Used 3, Requested 1. Please try again in 20s. You can increase your rate limit by adding a payment method to your account at https://platform.openai.com/account/billing.","type":"requests","code":"rate_limit_exceeded"}}"#;
+        assert!(transient(429, rate));
+        // Google: a per-minute RESOURCE_EXHAUSTED is a rate limit with a
+        // retry delay in the body; a per-day quota is exhausted.
+        let minute = r#"[{"error":{"code":429,"message":"Resource has been exhausted (e.g. check quota).","status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[{"quotaId":"GenerateRequestsPerMinutePerProjectPerModel"}]},{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"7s"}]}}]"#;
+        assert!(transient(429, minute));
+        match classify(
+            "gemini",
+            StatusCode::TOO_MANY_REQUESTS,
+            &HeaderMap::new(),
+            minute,
+            None,
+        ) {
+            ProviderError::Transient { retry_after, .. } => {
+                assert_eq!(retry_after, Some(Duration::from_secs(7)));
+            }
+            other => panic!("{other:?}"),
+        }
+        let day = minute.replace("PerMinute", "PerDay");
+        assert!(!transient(429, &day));
+        for body in [
+            r#"{"type":"error","error":{"type":"invalid_request_error","message":"Your credit balance is too low to access the Anthropic API."}}"#,
+            r#"{"error":{"code":"insufficient_balance","message":"账户余额不足"}}"#,
+            r#"{"error":{"message":"You have reached your spend limit.","code":"billing_hard_limit_reached"}}"#,
+        ] {
+            assert!(is_quota_exhausted(body), "{body}");
+            assert!(!transient(429, body), "{body}");
+        }
         match classify("openai", StatusCode::TOO_MANY_REQUESTS, &h, "{}", None) {
             ProviderError::Transient { retry_after, .. } => {
                 assert_eq!(retry_after, Some(Duration::from_secs(2)));
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn errors_inside_a_200_reply_are_classified() {
+        let cfg = HttpConfig {
+            provider: "spark".into(),
+            model: "generalv3.5".into(),
+            base_url: "http://127.0.0.1:9/v1".into(),
+            key: Some(ApiKey::new("sk-secret-123")),
+            temperature: None,
+            top_p: None,
+            seed: None,
+            max_tokens: 0,
+            max_tokens_field: "max_tokens",
+            timeout: DEFAULT_TIMEOUT,
+            logprobs: false,
+        };
+        let ok = r#"{"code":0,"message":"Success","choices":[{"message":{"role":"assistant","content":"4"},"index":0}]}"#;
+        assert_eq!(error_in_body(&cfg, ok), None);
+        let anthropic = r#"{"content":[{"type":"text","text":"4"}]}"#;
+        assert_eq!(error_in_body(&cfg, anthropic), None);
+        assert!(matches!(
+            error_in_body(&cfg, r#"{"code":11202,"message":"qps limit"}"#),
+            Some(ProviderError::Transient { .. })
+        ));
+        match error_in_body(
+            &cfg,
+            r#"{"code":11200,"message":"auth error sk-secret-123"}"#,
+        ) {
+            Some(ProviderError::Permanent(m)) => {
+                assert!(m.contains("auth error [redacted] (code 11200)"), "{m}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            error_in_body(
+                &cfg,
+                r#"{"error":{"message":"invalid user","type":"api_error","code":null}}"#
+            ),
+            Some(ProviderError::Transient { .. })
+        ));
+        assert!(matches!(
+            error_in_body(&cfg, r#"{"error":{"message":"bad key","code":401}}"#),
+            Some(ProviderError::Permanent(_))
+        ));
+        // Not JSON, or JSON without an error: the provider's own parser decides.
+        assert_eq!(error_in_body(&cfg, "{not json"), None);
+        assert_eq!(error_in_body(&cfg, r#"{"choices":[]}"#), None);
     }
 
     #[test]

@@ -122,24 +122,170 @@ pub const KNOWN_PROVIDERS: &[(&str, bool)] = &[
     ("llamacpp", true),
 ];
 
+/// What differs between the HTTP APIs a study can name: where they live and
+/// which request parameters they take. Validation turns a setting a provider
+/// refuses into an error naming the field, before any request is paid for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Preset {
+    /// Provider name as a study file writes it.
+    pub name: &'static str,
+    /// Default base URL (`base_url` overrides it).
+    pub base_url: &'static str,
+    /// A local server that usually runs without an API key.
+    pub key_optional: bool,
+    /// The request field that carries `max_tokens`.
+    pub max_tokens_field: &'static str,
+    /// Accepted temperatures: `(low, high, low_is_open)`; `low_is_open`
+    /// means the low end itself is refused (ERNIE and Spark refuse 0).
+    pub temperature: (f64, f64, bool),
+    /// Whether `top_p` is accepted.
+    pub top_p: bool,
+    /// Whether a sampling `seed` is accepted.
+    pub seed: bool,
+    /// Whether log-probabilities can be asked for.
+    pub logprobs: bool,
+}
+
+/// The presets of every HTTP provider.
+pub const PRESETS: &[Preset] = &[
+    Preset {
+        name: "openai",
+        base_url: "https://api.openai.com/v1",
+        key_optional: false,
+        // max_tokens is deprecated there and refused by o-series and newer models.
+        max_tokens_field: "max_completion_tokens",
+        temperature: (0.0, 2.0, false),
+        top_p: true,
+        seed: true,
+        logprobs: true,
+    },
+    Preset {
+        name: "gemini",
+        base_url: "https://generativelanguage.googleapis.com/v1beta/openai",
+        key_optional: false,
+        max_tokens_field: "max_tokens",
+        temperature: (0.0, 2.0, false),
+        top_p: true,
+        seed: true,
+        logprobs: true,
+    },
+    Preset {
+        // Baidu Qianfan v2 (ERNIE): OpenAI-compatible, bearer API key;
+        // ERNIE takes temperatures in (0, 1].
+        name: "qianfan",
+        base_url: "https://qianfan.baidubce.com/v2",
+        key_optional: false,
+        max_tokens_field: "max_tokens",
+        temperature: (0.0, 1.0, true),
+        top_p: true,
+        seed: true,
+        logprobs: false,
+    },
+    Preset {
+        // iFlytek Spark's HTTP API: the key is the APIPassword (or
+        // "APIKey:APISecret"); temperature in (0, 1], no top_p, seed or
+        // log-probabilities; errors may come in a 200 reply with a code.
+        name: "spark",
+        base_url: "https://spark-api-open.xf-yun.com/v1",
+        key_optional: false,
+        max_tokens_field: "max_tokens",
+        temperature: (0.0, 1.0, true),
+        top_p: false,
+        seed: false,
+        logprobs: false,
+    },
+    Preset {
+        name: "deepseek",
+        base_url: "https://api.deepseek.com/v1",
+        key_optional: false,
+        max_tokens_field: "max_tokens",
+        temperature: (0.0, 2.0, false),
+        top_p: true,
+        seed: false,
+        logprobs: true,
+    },
+    Preset {
+        name: "ollama",
+        base_url: "http://127.0.0.1:11434/v1",
+        key_optional: true,
+        max_tokens_field: "max_tokens",
+        temperature: (0.0, 5.0, false),
+        top_p: true,
+        seed: true,
+        logprobs: true,
+    },
+    Preset {
+        name: "vllm",
+        base_url: "http://127.0.0.1:8000/v1",
+        key_optional: true,
+        max_tokens_field: "max_tokens",
+        temperature: (0.0, 5.0, false),
+        top_p: true,
+        seed: true,
+        logprobs: true,
+    },
+    Preset {
+        name: "llamacpp",
+        base_url: "http://127.0.0.1:8080/v1",
+        key_optional: true,
+        max_tokens_field: "max_tokens",
+        temperature: (0.0, 5.0, false),
+        top_p: true,
+        seed: true,
+        logprobs: true,
+    },
+    Preset {
+        // Anthropic Messages: max_tokens is required (256 when unset).
+        name: "anthropic",
+        base_url: "https://api.anthropic.com",
+        key_optional: false,
+        max_tokens_field: "max_tokens",
+        temperature: (0.0, 1.0, false),
+        top_p: true,
+        seed: false,
+        logprobs: false,
+    },
+];
+
+/// The preset of an HTTP provider; `None` for unknown names and `simulated`.
+pub fn preset(provider: &str) -> Option<&'static Preset> {
+    PRESETS.iter().find(|p| p.name == provider)
+}
+
 /// The default base URL of an HTTP provider, `None` for unknown names and
 /// `simulated`.
 pub fn default_base_url(provider: &str) -> Option<&'static str> {
-    Some(match provider {
-        "openai" => "https://api.openai.com/v1",
-        "gemini" => "https://generativelanguage.googleapis.com/v1beta/openai",
-        "qianfan" => "https://qianfan.baidubce.com/v2",
-        "spark" => "https://spark-api-open.xf-yun.com/v1",
-        "deepseek" => "https://api.deepseek.com/v1",
-        "ollama" => "http://127.0.0.1:11434/v1",
-        "vllm" => "http://127.0.0.1:8000/v1",
-        "llamacpp" => "http://127.0.0.1:8080/v1",
-        "anthropic" => "https://api.anthropic.com",
-        _ => return None,
-    })
+    preset(provider).map(|p| p.base_url)
 }
 
 /// Local servers that usually run without an API key.
 pub fn key_optional(provider: &str) -> bool {
-    matches!(provider, "ollama" | "vllm" | "llamacpp")
+    preset(provider).is_some_and(|p| p.key_optional)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_http_provider_has_one_preset() {
+        for (name, _) in KNOWN_PROVIDERS.iter().filter(|(n, _)| *n != "simulated") {
+            assert_eq!(
+                PRESETS.iter().filter(|p| p.name == *name).count(),
+                1,
+                "{name}"
+            );
+        }
+        assert_eq!(PRESETS.len(), KNOWN_PROVIDERS.len() - 1);
+        assert_eq!(preset("simulated"), None);
+        assert_eq!(
+            default_base_url("qianfan"),
+            Some("https://qianfan.baidubce.com/v2")
+        );
+        assert!(key_optional("ollama") && !key_optional("openai"));
+        assert_eq!(
+            preset("openai").map(|p| p.max_tokens_field),
+            Some("max_completion_tokens")
+        );
+    }
 }

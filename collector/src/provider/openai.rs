@@ -161,10 +161,19 @@ impl OpenAi {
         let mut body = json!({
             "model": self.config.model,
             "messages": messages,
-            "temperature": self.config.temperature,
         });
+        // Unset sampling settings are left out, so the provider's defaults apply.
+        if let Some(t) = self.config.temperature {
+            body["temperature"] = json!(t);
+        }
+        if let Some(p) = self.config.top_p {
+            body["top_p"] = json!(p);
+        }
+        if let Some(seed) = self.config.seed {
+            body["seed"] = json!(seed);
+        }
         if self.config.max_tokens > 0 {
-            body["max_tokens"] = json!(self.config.max_tokens);
+            body[self.config.max_tokens_field] = json!(self.config.max_tokens);
         }
         if self.config.logprobs {
             body["logprobs"] = json!(true);
@@ -175,6 +184,9 @@ impl OpenAi {
 
     /// Parses a 2xx body.
     fn reply(&self, body: &str) -> Result<Reply, ProviderError> {
+        if let Some(e) = http::error_in_body(&self.config, body) {
+            return Err(e);
+        }
         let parsed: ChatResponse = serde_json::from_str(body).map_err(|e| {
             self.config
                 .malformed(&format!("malformed JSON in the reply: {e}"))
