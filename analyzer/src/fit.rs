@@ -99,13 +99,20 @@ fn open_csv(path: &Path) -> Result<csv::Reader<std::fs::File>, FitCommandError> 
         })
 }
 
+/// A missing numeric value as `read.csv` sees one: an empty field or `NA`.
+fn is_missing(v: &str) -> bool {
+    v.is_empty() || v == "NA"
+}
+
 /// Reads the columns of `formula` from a CSV file into sufficient statistics.
 ///
-/// A row whose response is empty or `NA` is left out (R's `na.omit`).
-/// A predictor column whose values all parse as numbers (R's rule) and that is not a grouping
-/// factor becomes a covariate kept as per-cell moments, so a continuous covariate does not make
-/// every row its own cell; every other column is a factor. This costs a first pass over the
-/// file to find out.
+/// Missing values are read as R's `read.csv` reads them and dropped as `lmer`'s default
+/// `na.omit` drops them: a row is left out when its response is empty or `NA`, when a factor
+/// it uses is `NA`, or when a numeric predictor it uses is empty or `NA`.
+/// A predictor column whose values all parse as numbers, missing values aside (R's rule), and
+/// that is not a grouping factor becomes a covariate kept as per-cell moments, so a continuous
+/// covariate does not make every row its own cell; every other column is a factor. This costs
+/// a first pass over the file to find out.
 pub fn load_csv(path: &Path, formula: &Formula) -> Result<SufficientStats, FitCommandError> {
     let shown = path.display().to_string();
     let read_err = |e: &dyn std::fmt::Display| FitCommandError::Read {
@@ -146,7 +153,7 @@ pub fn load_csv(path: &Path, formula: &Formula) -> Result<SufficientStats, FitCo
         for (k, &c) in cols.iter().enumerate() {
             if numeric[k] {
                 let v = record.get(c).unwrap_or("").trim();
-                numeric[k] = v.parse::<f64>().is_ok_and(f64::is_finite);
+                numeric[k] = is_missing(v) || v.parse::<f64>().is_ok_and(f64::is_finite);
             }
         }
     }
@@ -182,18 +189,22 @@ pub fn load_csv(path: &Path, formula: &Formula) -> Result<SufficientStats, FitCo
                 });
             }
         };
+        let mut complete = true;
         for (x, &k) in xs.iter_mut().zip(&cov_idx) {
-            *x = record
-                .get(cols[k])
-                .unwrap_or("")
-                .trim()
-                .parse::<f64>()
-                .unwrap_or(f64::NAN);
+            let v = record.get(cols[k]).unwrap_or("").trim();
+            complete &= !is_missing(v);
+            *x = v.parse::<f64>().unwrap_or(f64::NAN);
         }
         let levels: Vec<&str> = factor_idx
             .iter()
             .map(|&k| record.get(cols[k]).unwrap_or("").trim())
             .collect();
+        // read.csv turns "NA" into a missing value in every column (an empty text field
+        // stays the level "").
+        complete &= !levels.contains(&"NA");
+        if !complete {
+            continue;
+        }
         stats.add_with_covariates(&levels, &xs, y)?;
         used += 1;
     }
@@ -219,6 +230,8 @@ pub struct FitReport {
     pub converged: bool,
     /// Whether the fit is singular.
     pub singular: bool,
+    /// What the optimiser reported, and how many deviance evaluations it took.
+    pub optimizer: OptimizerJson,
     /// REML criterion or ML deviance.
     pub criterion: f64,
     /// Log-likelihood.
@@ -242,6 +255,26 @@ pub struct FitReport {
     pub emmeans: Option<EmmeansJson>,
     /// Aliased columns dropped.
     pub dropped_columns: Vec<String>,
+    /// Conditional modes of the random effects (lme4's `ranef`), per grouping factor.
+    pub ranef: Vec<RanefJson>,
+}
+
+/// The optimiser's report.
+#[derive(Debug, Clone, Serialize)]
+pub struct OptimizerJson {
+    /// BOBYQA's stopping message.
+    pub message: String,
+    /// Deviance evaluations.
+    pub evaluations: usize,
+}
+
+/// Conditional modes of one grouping factor: `values[level]` is a map coefficient -> mode.
+#[derive(Debug, Clone, Serialize)]
+pub struct RanefJson {
+    /// Grouping factor.
+    pub group: String,
+    /// Level -> coefficient -> conditional mode.
+    pub levels: serde_json::Map<String, serde_json::Value>,
 }
 
 /// One fixed effect.
@@ -434,6 +467,31 @@ pub fn fit_report(args: &FitArgs) -> Result<FitReport, FitCommandError> {
         anova,
         emmeans,
         dropped_columns: fit.dropped_columns.clone(),
+        optimizer: OptimizerJson {
+            message: fit.message.clone(),
+            evaluations: fit.evaluations,
+        },
+        ranef: fit
+            .modes
+            .iter()
+            .map(|m| RanefJson {
+                group: m.group.clone(),
+                levels: m
+                    .levels
+                    .iter()
+                    .zip(&m.values)
+                    .map(|(level, values)| {
+                        let coefs: serde_json::Map<String, serde_json::Value> = m
+                            .terms
+                            .iter()
+                            .zip(values)
+                            .map(|(t, v)| (t.clone(), serde_json::json!(v)))
+                            .collect();
+                        (level.clone(), serde_json::Value::Object(coefs))
+                    })
+                    .collect(),
+            })
+            .collect(),
     })
 }
 
@@ -502,7 +560,11 @@ fn summary_text(r: &FitReport) -> String {
         r.criterion, r.loglik, r.aic, r.bic, r.n
     );
     if !r.converged {
-        let _ = writeln!(s, "WARNING: the optimiser did not converge");
+        let _ = writeln!(
+            s,
+            "WARNING: the optimiser did not converge ({}, {} evaluations)",
+            r.optimizer.message, r.optimizer.evaluations
+        );
     }
     if r.singular {
         let _ = writeln!(s, "boundary (singular) fit");

@@ -638,7 +638,10 @@ impl Design {
         }
         let kept = independent_columns(&xtx_all, p_all);
 
-        // Random-effects terms, sorted by decreasing number of levels (stable).
+        // Random-effects terms by decreasing number of levels, exactly as lme4's mkReTrms
+        // orders them (so theta and the variance components line up with lmer's): only if
+        // some term has more levels than the one before it, and then as `rev(order(nl))`,
+        // which puts tied terms in reverse formula order.
         let mut re_terms: Vec<ReTerm> = Vec::new();
         let mut groups_per_term: Vec<Vec<usize>> = Vec::new();
         for rt in &formula.random {
@@ -646,8 +649,8 @@ impl Design {
             re_terms.push(term);
             groups_per_term.push(groups);
         }
-        let mut order: Vec<usize> = (0..re_terms.len()).collect();
-        order.sort_by(|&a, &b| re_terms[b].levels.len().cmp(&re_terms[a].levels.len()));
+        let nl: Vec<usize> = re_terms.iter().map(|t| t.levels.len()).collect();
+        let order = lme4_term_order(&nl);
         let re_terms: Vec<ReTerm> = order.iter().map(|&i| re_terms[i].clone()).collect();
         let groups_per_term: Vec<Vec<usize>> =
             order.iter().map(|&i| groups_per_term[i].clone()).collect();
@@ -856,6 +859,17 @@ pub(crate) fn parts_entry(
         }
     }
     e
+}
+
+/// lme4's order of random-effects terms given their numbers of levels: unchanged when they
+/// never increase, else `rev(order(nl))` (decreasing, ties in reverse formula order).
+fn lme4_term_order(levels: &[usize]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..levels.len()).collect();
+    if levels.windows(2).any(|w| w[1] > w[0]) {
+        order.sort_by_key(|&i| levels[i]);
+        order.reverse();
+    }
+    order
 }
 
 fn coef_entry(part: &Option<(usize, Option<usize>)>, cell: &ModelCell, vars: &[Variable]) -> Entry {
@@ -1070,4 +1084,20 @@ fn re_term(
         },
         groups,
     ))
+}
+
+#[cfg(test)]
+mod term_order_tests {
+    use super::lme4_term_order;
+
+    #[test]
+    fn terms_are_ordered_as_lme4_orders_them() {
+        // Checked against lme4 1.1-31's mkReTrms (nl = 5, 10, 5 gives b c a).
+        assert_eq!(lme4_term_order(&[5, 10, 5]), vec![1, 2, 0]);
+        assert_eq!(lme4_term_order(&[5, 5, 10]), vec![2, 1, 0]);
+        // Never increasing: left as written, ties included.
+        assert_eq!(lme4_term_order(&[10, 5, 5]), vec![0, 1, 2]);
+        assert_eq!(lme4_term_order(&[3, 3]), vec![0, 1]);
+        assert_eq!(lme4_term_order(&[]), Vec::<usize>::new());
+    }
 }

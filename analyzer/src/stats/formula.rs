@@ -59,6 +59,11 @@ impl Formula {
         if rhs.contains('~') {
             return Err(err("more than one '~'".into()));
         }
+        if let Some(name) = function_call(rhs) {
+            return Err(err(format!(
+                "function calls such as {name}(...) are not supported; compute the column in the data"
+            )));
+        }
         let tokens = tokenize(rhs)?;
         let mut p = Parser {
             tokens,
@@ -157,6 +162,40 @@ enum Tok {
     RParen,
 }
 
+/// The first `name(` in the text (a function call such as `poly(x, 2)`,
+/// `I(x^2)`, `offset(x)`), outside backquotes.
+fn function_call(s: &str) -> Option<String> {
+    let chars: Vec<char> = s.chars().collect();
+    let mut quoted = false;
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '`' {
+            quoted = !quoted;
+            i += 1;
+            continue;
+        }
+        if !quoted && (c.is_alphabetic() || c == '.') {
+            let start = i;
+            while i < chars.len()
+                && (chars[i].is_alphanumeric() || chars[i] == '.' || chars[i] == '_')
+            {
+                i += 1;
+            }
+            let mut j = i;
+            while j < chars.len() && chars[j].is_whitespace() {
+                j += 1;
+            }
+            if chars.get(j) == Some(&'(') {
+                return Some(chars[start..i].iter().collect());
+            }
+            continue;
+        }
+        i += 1;
+    }
+    None
+}
+
 fn tokenize(s: &str) -> Result<Vec<Tok>, StatsError> {
     let chars: Vec<char> = s.chars().collect();
     let mut out = Vec::new();
@@ -226,6 +265,13 @@ fn tokenize(s: &str) -> Result<Vec<Tok>, StatsError> {
                     i += 1;
                 }
                 out.push(Tok::Ident(chars[start..i].iter().collect()));
+            }
+            '^' => {
+                return Err(StatsError::Formula(
+                    "powers such as x^2 or (a + b)^2 are not supported; write interactions out \
+                     with '*' or ':', and compute polynomial columns in the data"
+                        .into(),
+                ));
             }
             other => {
                 return Err(StatsError::Formula(format!(
@@ -416,6 +462,9 @@ impl Parser {
                 if self.peek() == Some(&Tok::LParen) {
                     return self.err(format!("function calls such as {v}(...) are not supported"));
                 }
+                if v == "." {
+                    return self.err("'.' (every other column) is not supported; name the columns");
+                }
                 self.note_var(&v);
                 Ok(vec![vec![v]])
             }
@@ -596,6 +645,14 @@ mod tests {
             ("y ~ a + (a:b | g)", "interactions"),
             ("y a", "~"),
             ("y ~ x + (x | g", "missing ')'"),
+            ("y ~ poly(Days, 2) + (1 | g)", "poly(...)"),
+            ("y ~ I(x^2)", "I(...)"),
+            ("y ~ x + offset(z)", "offset(...)"),
+            ("y ~ x^2", "powers"),
+            ("y ~ (a + b)^2", "powers"),
+            ("y ~ .", "'.'"),
+            ("y ~ a %in% b", "'%'"),
+            ("y ~ a + (1 | g) + (1 | g) ~ z", "more than one '~'"),
         ] {
             let e = Formula::parse(f).expect_err(f).to_string();
             assert!(e.contains(needle), "{f}: {e}");
