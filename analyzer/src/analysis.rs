@@ -104,19 +104,22 @@ impl Analysis {
                     stats.add_response(r);
                 }
             }
+            // Bumped under the statistics lock, so a summary's revision always
+            // names exactly the data it was built from.
+            if new > 0 {
+                self.revision.send_modify(|rev| *rev += new);
+            }
         }
         ack.accepted = u32::try_from(new).unwrap_or(u32::MAX);
         ack.duplicate = u32::try_from(valid.len() as u64 - new).unwrap_or(u32::MAX);
-        if new > 0 {
-            self.revision.send_modify(|rev| *rev += new);
-        }
         Ok(ack)
     }
 
     /// The current summary, optionally for one study.
     pub fn summary(&self, study_id: &str) -> Summary {
+        let stats = self.stats();
         let revision = *self.revision.borrow();
-        summary::build(&self.stats(), study_id, revision)
+        summary::build(&stats, study_id, revision)
     }
 
     /// A receiver that changes whenever new responses are stored.

@@ -59,6 +59,13 @@ impl From<CollectorError> for Status {
                 Code::AlreadyExists,
                 format!("spec.name: study {id:?} already exists with a different design"),
             ),
+            CollectorError::Run(RunError::Journal(JournalError::RequestReused(id))) => Status::new(
+                Code::AlreadyExists,
+                format!(
+                    "request_id: {id:?} was used before for a different study or design; \
+                         a retried request must be identical"
+                ),
+            ),
             CollectorError::Run(other) => {
                 tracing::error!(error = %other, "collector failure");
                 Status::new(Code::Internal, other.to_string())

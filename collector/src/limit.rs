@@ -13,6 +13,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+/// The longest single wait; only a nonsensical rate or debt reaches it.
+const MAX_WAIT_SECS: f64 = 3600.0;
+
+/// The deepest debt, in seconds of refill: a usage a server reports that is
+/// far beyond anything real must not stall a respondent for years.
+const MAX_DEBT_SECS: f64 = 3600.0;
+
 /// A token bucket refilled continuously at a fixed rate.
 #[derive(Debug)]
 pub struct TokenBucket {
@@ -76,7 +83,11 @@ impl TokenBucket {
                 (need - state.tokens) / self.rate
             };
             // Round up to a millisecond so a wait never ends just short.
-            tokio::time::sleep(Duration::from_secs_f64(wait) + Duration::from_millis(1)).await;
+            // `wait` is finite and positive; the cap only guards a rate so small
+            // (or a debt so deep) that the wait would overflow `Duration`.
+            let wait = Duration::try_from_secs_f64(wait.min(MAX_WAIT_SECS))
+                .unwrap_or(Duration::from_secs(1));
+            tokio::time::sleep(wait + Duration::from_millis(1)).await;
         }
     }
 
@@ -87,7 +98,8 @@ impl TokenBucket {
         }
         let mut state = self.lock();
         self.refill(&mut state, Instant::now());
-        state.tokens = (state.tokens + estimated - actual).min(self.burst);
+        state.tokens =
+            (state.tokens + estimated - actual).clamp(-self.rate * MAX_DEBT_SECS, self.burst);
     }
 
     /// Tokens available now (negative when in debt).

@@ -820,6 +820,11 @@ async fn administer(
             language,
             prompt: &prompt,
             options,
+            foreign_options: instrument
+                .options
+                .iter()
+                .find(|(l, _)| l.as_str() != language)
+                .map(|(_, o)| o),
             system: frame.system.as_deref(),
             batch: &batch,
         };
@@ -997,7 +1002,7 @@ async fn request(
         drop(permit);
         match result {
             Ok(reply) => {
-                let used = (reply.input_tokens + reply.output_tokens) as f64;
+                let used = reply.input_tokens as f64 + reply.output_tokens as f64;
                 if let Some(bucket) = &limits.tokens
                     && used > 0.0
                 {

@@ -42,6 +42,11 @@ impl RunningCollector {
 /// Binds `listen` and serves the collector over `ctx` in a background task.
 pub async fn start(listen: SocketAddr, ctx: RunContext) -> Result<RunningCollector, ServeError> {
     let collector = Collector::new(ctx);
+    // Studies a previous server left running carry on. Failing to read the
+    // journal here is not fatal: the server still serves what it can.
+    if let Err(e) = collector.resume_running().await {
+        tracing::error!(error = %e, "cannot resume the running studies");
+    }
     let (shutdown, shutdown_rx) = watch::channel(false);
     let service = CollectorServiceServer::new(CollectorGrpc::new(collector.clone(), shutdown_rx));
     let server = serve::spawn(listen, SERVICE_NAME, Routes::new(service), shutdown).await?;

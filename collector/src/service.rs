@@ -8,7 +8,7 @@ use careers_proto::v1::collector_service_server::CollectorService;
 use careers_proto::v1::{
     CancelStudyRequest, CancelStudyResponse, CreateStudyRequest, CreateStudyResponse,
     GetStudyRequest, GetStudyResponse, ListInstrumentsRequest, ListInstrumentsResponse,
-    ListStudiesRequest, ListStudiesResponse, Study, StudyState, WatchStudyRequest,
+    ListStudiesRequest, ListStudiesResponse, Study, StudySpec, StudyState, WatchStudyRequest,
     WatchStudyResponse,
 };
 use tokio::sync::{mpsc, watch};
@@ -109,41 +109,76 @@ impl Collector {
             .study(&spec.name)
             .await?
             .ok_or_else(|| CollectorError::NotFound(spec.name.clone()))?;
-        let start = {
-            let mut running = self.running();
-            let startable = !running.contains_key(&spec.name)
-                && matches!(row.state, StudyState::Running | StudyState::Unspecified);
-            if startable {
-                let (cancel, cancel_rx) = watch::channel(false);
-                running.insert(
-                    spec.name.clone(),
-                    Running {
-                        progress: progress.clone(),
-                        cancel,
-                    },
-                );
-                Some(cancel_rx)
-            } else {
-                None
-            }
-        };
-        if let Some(cancel_rx) = start {
-            let this = self.clone();
-            let spec = spec.clone();
-            tokio::spawn(async move {
-                let result = runner::run(&this.ctx, &spec, progress, cancel_rx).await;
-                if let Err(e) = &result {
-                    tracing::error!(study = %spec.name, error = %e, "study failed");
-                    let _ = this
-                        .ctx
-                        .journal
-                        .set_state(&spec.name, StudyState::Failed, &e.to_string())
-                        .await;
-                }
-                this.running().remove(&spec.name);
-            });
+        if matches!(row.state, StudyState::Running | StudyState::Unspecified) {
+            self.start_run(spec.clone(), progress);
         }
         self.get(&spec.name).await
+    }
+
+    /// Runs a prepared study in the background unless it is running already.
+    fn start_run(self: &Arc<Self>, spec: StudySpec, progress: Arc<Progress>) {
+        let cancel_rx = {
+            let mut running = self.running();
+            if running.contains_key(&spec.name) {
+                return;
+            }
+            let (cancel, cancel_rx) = watch::channel(false);
+            running.insert(
+                spec.name.clone(),
+                Running {
+                    progress: progress.clone(),
+                    cancel,
+                },
+            );
+            cancel_rx
+        };
+        let this = self.clone();
+        tokio::spawn(async move {
+            let result = runner::run(&this.ctx, &spec, progress, cancel_rx).await;
+            if let Err(e) = &result {
+                tracing::error!(study = %spec.name, error = %e, "study failed");
+                let _ = this
+                    .ctx
+                    .journal
+                    .set_state(&spec.name, StudyState::Failed, &e.to_string())
+                    .await;
+            }
+            this.running().remove(&spec.name);
+        });
+    }
+
+    /// Resumes the studies the journal has as running: a server stopped (or
+    /// killed) in the middle of a study carries on with it when it starts
+    /// again. A study that can no longer start (its key is gone, its
+    /// instrument was removed) is marked failed with the reason.
+    pub async fn resume_running(self: &Arc<Self>) -> Result<usize, CollectorError> {
+        let mut resumed = 0;
+        for study_id in self
+            .ctx
+            .journal
+            .studies_in_state(StudyState::Running)
+            .await?
+        {
+            let Some(row) = self.ctx.journal.study(&study_id).await? else {
+                continue;
+            };
+            match runner::prepare(&self.ctx, "", &row.spec).await {
+                Ok(progress) => {
+                    tracing::info!(study = %study_id, "resuming study");
+                    self.start_run(row.spec, progress);
+                    resumed += 1;
+                }
+                Err(e) => {
+                    let message = format!("cannot resume: {}", CollectorError::from(e));
+                    tracing::error!(study = %study_id, error = %message, "study not resumed");
+                    self.ctx
+                        .journal
+                        .set_state(&study_id, StudyState::Failed, &message)
+                        .await?;
+                }
+            }
+        }
+        Ok(resumed)
     }
 }
 
@@ -247,10 +282,12 @@ impl CollectorService for CollectorGrpc {
             let _ = cancel.send(true);
         }
         if study.state == StudyState::Running as i32 {
+            // Only a study still running becomes cancelled: one that completed
+            // (or failed) in the meantime keeps its real outcome.
             self.collector
                 .ctx
                 .journal
-                .set_state(&study_id, StudyState::Cancelled, "")
+                .set_state_from(&study_id, StudyState::Running, StudyState::Cancelled, "")
                 .await
                 .map_err(CollectorError::from)?;
         }

@@ -567,11 +567,36 @@ pub fn validate_with_env(
             }
             Some(respondent_spec::Settings::Api(api)) => {
                 let url = &api.base_url;
+                // The base URL is echoed in Study messages and logs: it must not
+                // carry a secret, and it is not quoted in these errors in case it
+                // does.
                 if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
                     return Err(bad(
                         format!("{prefix}.base_url"),
-                        format!("{:?} is not an http:// or https:// URL", api.base_url),
+                        "not an http:// or https:// URL",
                     ));
+                }
+                if !url.is_empty() {
+                    match reqwest::Url::parse(url) {
+                        Err(e) => {
+                            return Err(bad(
+                                format!("{prefix}.base_url"),
+                                format!("not a valid URL: {e}"),
+                            ));
+                        }
+                        Ok(u)
+                            if !u.username().is_empty()
+                                || u.password().is_some()
+                                || u.query().is_some() =>
+                        {
+                            return Err(bad(
+                                format!("{prefix}.base_url"),
+                                "must not hold credentials or a query string; put the key in \
+                                 api_key_env or api_key_file",
+                            ));
+                        }
+                        Ok(_) => {}
+                    }
                 }
                 if respondent.model.is_empty() {
                     return Err(bad(
@@ -1287,6 +1312,26 @@ max_retry_wait_secs = 20
             }),
             Ok(())
         );
+    }
+
+    #[test]
+    fn a_base_url_never_carries_a_key() {
+        let catalog = Catalog::built_in().expect("catalog");
+        for url in [
+            "https://user:sk-secret@api.example.com/v1",
+            "https://api.example.com/v1?key=sk-secret",
+            "api.example.com/v1?key=sk-secret",
+            "https://[::1/v1?key=sk-secret",
+        ] {
+            let mut spec = parse_file(API_STUDY).expect("parses");
+            api(&mut spec, 1).base_url = url.into();
+            let e = validate_with_env(&spec, &catalog, &|_| None).expect_err(url);
+            assert_eq!(e.field, "respondents[1].base_url");
+            assert!(!e.to_string().contains("sk-secret"), "{e}");
+        }
+        let mut spec = parse_file(API_STUDY).expect("parses");
+        api(&mut spec, 1).base_url = "http://10.0.0.7:8000/v1".into();
+        validate_with_env(&spec, &catalog, &|_| None).expect("a plain URL is fine");
     }
 
     #[test]

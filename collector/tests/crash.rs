@@ -1,6 +1,6 @@
-//! `kill -9` of the collector in the middle of a study, then the same command
-//! again: the study finishes, no answered task is asked again, and the
-//! analyzer ends with exactly one row per task.
+//! `kill -9` of the collector at several moments of a study, then the same
+//! command again: the study finishes, no answered task is asked again, and
+//! the analyzer ends with exactly one row per task.
 
 #[path = "support/fast_llm.rs"]
 mod fast_llm;
@@ -27,7 +27,7 @@ fn collector(data: &std::path::Path, analyzer: &str, study: &std::path::Path) ->
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_mid_study_then_rerun_finishes_without_asking_twice() {
+async fn kill_9_at_any_moment_then_rerun_finishes_without_asking_twice() {
     let dir = tempfile::tempdir().expect("tempdir");
     let llm = FastLlm::start(Duration::from_millis(15)).await;
     let analyzer = careers_analyzer::start(AnalyzerConfig {
@@ -49,47 +49,73 @@ async fn kill_9_mid_study_then_rerun_finishes_without_asking_twice() {
     .expect("study");
     let data = dir.path().join("data");
 
-    let mut child = collector(&data, &analyzer_url, &study)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start");
-    // Kill it once some answers have reached the analyzer, well before the end.
-    let mut waited = 0;
-    while analyzer.analysis.summary("crash").responses < 200 {
-        assert!(waited < 600, "the collector made no progress");
-        assert!(
-            child.try_wait().expect("poll").is_none(),
-            "the collector exited before it was killed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        waited += 1;
-    }
-    child.kill().expect("SIGKILL");
-    child.wait().expect("reaped");
-    let asked_before = llm.requests();
+    // Kill it at several moments: while it writes its task rows (before any
+    // answer), just after the first answers reach the analyzer, and twice
+    // later on. Each restart resumes; nothing answered is asked again.
+    let mut answered_before = 0;
+    let mut kills = 0u64;
+    for threshold in [None, Some(1), Some(400), Some(800)] {
+        let mut child = collector(&data, &analyzer_url, &study)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start");
+        match threshold {
+            // As soon as the journal exists: it is writing its task rows.
+            None => {
+                let mut waited = 0;
+                while !data.join("collector.sqlite").exists() {
+                    assert!(waited < 3000, "the collector never opened its journal");
+                    assert!(
+                        child.try_wait().expect("poll").is_none(),
+                        "the collector exited before it was killed"
+                    );
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    waited += 1;
+                }
+            }
+            Some(at) => {
+                let mut waited = 0;
+                while analyzer.analysis.summary("crash").responses < at {
+                    assert!(waited < 600, "the collector made no progress");
+                    assert!(
+                        child.try_wait().expect("poll").is_none(),
+                        "the collector exited before it was killed"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    waited += 1;
+                }
+            }
+        }
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reaped");
+        kills += 1;
 
-    let journal = Journal::open(&data.join("collector.sqlite"))
-        .await
-        .expect("journal survives kill -9");
-    let answered_before: u64 = journal
-        .cell_counts("crash")
-        .await
-        .expect("counts")
-        .iter()
-        .map(|c| c.done)
-        .sum();
-    drop(journal);
-    assert!(
-        answered_before >= 200 && answered_before < total,
-        "killed mid-study: {answered_before} answered"
-    );
-    // Answers asked but not yet committed at the kill are lost (paid twice): a task
-    // holds its place until its answer is committed, so at most the concurrency.
-    assert!(
-        asked_before >= answered_before && asked_before <= answered_before + 8,
-        "{asked_before} asked, {answered_before} answered"
-    );
+        let Ok(journal) = Journal::open(&data.join("collector.sqlite")).await else {
+            panic!("the journal survives kill -9");
+        };
+        let answered: u64 = journal
+            .cell_counts("crash")
+            .await
+            .expect("counts")
+            .iter()
+            .map(|c| c.done)
+            .sum();
+        drop(journal);
+        assert!(answered >= answered_before, "answers are never lost");
+        assert!(answered < total, "killed mid-study: {answered} answered");
+        answered_before = answered;
+        // Answers asked but not yet committed at a kill are lost (paid twice): a
+        // task holds its place until its answer is committed, so at most the
+        // concurrency (8) per kill.
+        let asked = llm.requests();
+        assert!(
+            asked >= answered && asked <= answered + 8 * kills,
+            "{asked} asked, {answered} answered after {kills} kills"
+        );
+    }
+    assert!(answered_before >= 800, "{answered_before}");
+    let asked_before = llm.requests();
 
     let out = collector(&data, &analyzer_url, &study)
         .output()

@@ -249,6 +249,7 @@ async fn ask(provider: &dyn Provider) -> Result<Reply, ProviderError> {
             language: "en",
             prompt: "Build kitchen cabinets. Answer 1-5.",
             options: &options,
+            foreign_options: None,
             system: Some("You are a survey respondent."),
             batch: &[],
         })

@@ -28,9 +28,13 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/careers_descriptor.bin"));
 
-/// The gRPC reflection (v1) service for `careers.v1` and `grpc.health.v1`,
-/// served by both the collector and the analyzer.
-pub fn reflection_service() -> Result<
+/// The gRPC reflection (v1) service of a server whose main service is
+/// `service_name`: it advertises that service, `grpc.health.v1.Health` and
+/// itself (not the other service of the pair, which this server does not
+/// serve), and describes every type of `careers.v1`.
+pub fn reflection_service(
+    service_name: &str,
+) -> Result<
     tonic_reflection::server::v1::ServerReflectionServer<
         impl tonic_reflection::server::v1::ServerReflection,
     >,
@@ -39,5 +43,8 @@ pub fn reflection_service() -> Result<
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name(service_name)
+        .with_service_name(tonic_health::pb::health_server::SERVICE_NAME)
+        .with_service_name(tonic_reflection::pb::v1::server_reflection_server::SERVICE_NAME)
         .build_v1()
 }

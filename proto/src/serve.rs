@@ -84,7 +84,7 @@ pub async fn spawn(
     health
         .set_service_status(service_name, ServingStatus::Serving)
         .await;
-    let reflection = crate::reflection_service()?;
+    let reflection = crate::reflection_service(service_name)?;
     let routes = routes.add_service(health_service).add_service(reflection);
     let mut signal = shutdown.subscribe();
     let task = tokio::spawn(async move {
@@ -92,9 +92,13 @@ pub async fn spawn(
             .add_routes(routes)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                 let _ = signal.wait_for(|s| *s).await;
-                health
-                    .set_service_status(service_name, ServingStatus::NotServing)
-                    .await;
+                // Both the service and the server as a whole ("", what a
+                // Kubernetes gRPC probe asks by default) stop serving.
+                for name in [service_name, ""] {
+                    health
+                        .set_service_status(name, ServingStatus::NotServing)
+                        .await;
+                }
             })
             .await
     });

@@ -26,9 +26,12 @@ pub enum JournalError {
     /// A stored message did not decode.
     #[error("journal row {0} does not decode: {1}")]
     Corrupt(String, prost::DecodeError),
-    /// A study id is taken by a different request.
+    /// A study id is taken by a different design.
     #[error("study {0:?} already exists with a different design")]
     Conflict(String),
+    /// A request id was used before for a different study or design.
+    #[error("request id {0:?} was used before for a different study or design")]
+    RequestReused(String),
 }
 
 const SCHEMA: &str = r#"
@@ -213,52 +216,70 @@ impl Journal {
             .collect())
     }
 
-    /// Records a study, idempotently: the same `request_id` (or the same
-    /// study id with an identical design) returns the existing row; the same
-    /// study id with a different design is a conflict.
+    /// Records a study, idempotently: the same `request_id` with the same
+    /// study returns the existing row (a retried request), the same
+    /// `request_id` with anything else is [`JournalError::RequestReused`]; the
+    /// same study id with an identical design returns the existing row, with
+    /// a different design it is [`JournalError::Conflict`]. Safe under
+    /// concurrent calls: the insert is conditional, the answer is read back.
     pub async fn create_study(
         &self,
         request_id: &str,
         spec: &StudySpec,
     ) -> Result<StudyRow, JournalError> {
-        let by_request = if request_id.is_empty() {
-            None
-        } else {
-            sqlx::query("SELECT study_id FROM studies WHERE request_id = ?")
-                .bind(request_id)
-                .fetch_optional(&self.pool)
-                .await?
-        };
-        if let Some(row) = by_request {
-            let id: String = row.get(0);
-            if let Some(study) = self.study(&id).await? {
-                return Ok(study);
-            }
-        }
-        if let Some(existing) = self.study(&spec.name).await? {
-            if existing.spec != *spec {
-                return Err(JournalError::Conflict(spec.name.clone()));
-            }
-            return Ok(existing);
+        let request = (!request_id.is_empty()).then_some(request_id);
+        if let Some(existing) = self.study_by_request(request).await? {
+            return Self::same_study(request_id, spec, existing);
         }
         let now = now_ms();
-        let request = if request_id.is_empty() {
-            None
-        } else {
-            Some(request_id)
+        sqlx::query(
+            "INSERT INTO studies (study_id, request_id, spec, state, created_ms, updated_ms) \
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(&spec.name)
+        .bind(request)
+        .bind(spec.encode_to_vec())
+        .bind(StudyState::Running as i32)
+        .bind(now)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        match self.study(&spec.name).await? {
+            Some(existing) if existing.spec == *spec => Ok(existing),
+            Some(_) => Err(JournalError::Conflict(spec.name.clone())),
+            // The name is free but the insert did nothing: a concurrent call
+            // took the request id for another study.
+            None => match self.study_by_request(request).await? {
+                Some(existing) => Self::same_study(request_id, spec, existing),
+                None => Err(JournalError::RequestReused(request_id.to_string())),
+            },
+        }
+    }
+
+    async fn study_by_request(
+        &self,
+        request_id: Option<&str>,
+    ) -> Result<Option<StudyRow>, JournalError> {
+        let Some(request_id) = request_id else {
+            return Ok(None);
         };
-        sqlx::query("INSERT INTO studies (study_id, request_id, spec, state, created_ms, updated_ms) VALUES (?, ?, ?, ?, ?, ?)")
-            .bind(&spec.name)
-            .bind(request)
-            .bind(spec.encode_to_vec())
-            .bind(StudyState::Running as i32)
-            .bind(now)
-            .bind(now)
-            .execute(&self.pool)
+        let row = sqlx::query("SELECT * FROM studies WHERE request_id = ?")
+            .bind(request_id)
+            .fetch_optional(&self.pool)
             .await?;
-        self.study(&spec.name)
-            .await?
-            .ok_or_else(|| JournalError::Conflict(spec.name.clone()))
+        row.as_ref().map(Self::study_row).transpose()
+    }
+
+    fn same_study(
+        request_id: &str,
+        spec: &StudySpec,
+        existing: StudyRow,
+    ) -> Result<StudyRow, JournalError> {
+        if existing.spec == *spec {
+            Ok(existing)
+        } else {
+            Err(JournalError::RequestReused(request_id.to_string()))
+        }
     }
 
     fn study_row(row: &sqlx::sqlite::SqliteRow) -> Result<StudyRow, JournalError> {
@@ -295,6 +316,39 @@ impl Journal {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(Self::study_row).collect()
+    }
+
+    /// Sets a study's state (and error message) if it is in state `from`;
+    /// whether it was.
+    pub async fn set_state_from(
+        &self,
+        study_id: &str,
+        from: StudyState,
+        to: StudyState,
+        error: &str,
+    ) -> Result<bool, JournalError> {
+        let done = sqlx::query(
+            "UPDATE studies SET state = ?, error = ?, updated_ms = ? WHERE study_id = ? AND state = ?",
+        )
+        .bind(to as i32)
+        .bind(error)
+        .bind(now_ms())
+        .bind(study_id)
+        .bind(from as i32)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// The ids of the studies in `state`, oldest first.
+    pub async fn studies_in_state(&self, state: StudyState) -> Result<Vec<String>, JournalError> {
+        let rows = sqlx::query(
+            "SELECT study_id FROM studies WHERE state = ? ORDER BY created_ms, study_id",
+        )
+        .bind(state as i32)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     /// Sets a study's state (and error message).
@@ -451,6 +505,7 @@ impl Journal {
 mod tests {
     use super::*;
     use careers_proto::v1::item_response::Answer;
+    use std::sync::Arc;
 
     fn task(n: u128) -> Task {
         Task {
@@ -464,6 +519,44 @@ mod tests {
             levels: Vec::new(),
             order: n as u64,
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_creates_of_one_study_all_get_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let j = Arc::new(
+            Journal::open(&dir.path().join("j.sqlite"))
+                .await
+                .expect("journal"),
+        );
+        let spec = StudySpec {
+            name: "s".into(),
+            replications: 1,
+            ..Default::default()
+        };
+        let calls: Vec<_> = (0..16)
+            .map(|i| {
+                let j = j.clone();
+                let spec = spec.clone();
+                // Half retry one request id, half send their own.
+                let request = if i % 2 == 0 {
+                    "req".to_string()
+                } else {
+                    format!("req-{i}")
+                };
+                tokio::spawn(async move { j.create_study(&request, &spec).await })
+            })
+            .collect();
+        let mut created = std::collections::HashSet::new();
+        for call in calls {
+            let row = call
+                .await
+                .expect("joined")
+                .expect("every call gets the study");
+            created.insert(row.created_ms);
+        }
+        assert_eq!(created.len(), 1, "one study row");
+        assert_eq!(j.studies(0, 10).await.expect("list").len(), 1);
     }
 
     #[tokio::test]
@@ -486,6 +579,29 @@ mod tests {
             j.create_study("req-2", &other).await,
             Err(JournalError::Conflict(_))
         ));
+        // A request id names one request: reusing it for anything else is refused
+        // and changes nothing.
+        assert!(matches!(
+            j.create_study("req-1", &other).await,
+            Err(JournalError::RequestReused(_))
+        ));
+        let renamed = StudySpec {
+            name: "t".into(),
+            ..spec.clone()
+        };
+        assert!(matches!(
+            j.create_study("req-1", &renamed).await,
+            Err(JournalError::RequestReused(_))
+        ));
+        assert!(j.study("t").await.expect("read").is_none());
+        assert_eq!(
+            j.study("s").await.expect("read").expect("s").spec,
+            spec,
+            "the stored design is untouched"
+        );
+        // The same design under another request id is the same study.
+        let c = j.create_study("req-3", &spec).await.expect("same design");
+        assert_eq!(c.created_ms, a.created_ms);
 
         let tasks: Vec<Task> = (1..=3).map(task).collect();
         j.ensure_tasks("s", &tasks).await.expect("tasks");

@@ -8,7 +8,7 @@ use futures::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::http::{self, HttpConfig};
+use super::http::{self, HttpConfig, reported_tokens};
 use super::{Ask, Provider, ProviderError, Reply};
 
 /// The API version sent with every request.
@@ -110,8 +110,8 @@ impl Anthropic {
         let usage = parsed.usage.unwrap_or_default();
         Ok(Reply {
             text: texts.join(""),
-            input_tokens: usage.input_tokens,
-            output_tokens: usage.output_tokens,
+            input_tokens: reported_tokens(usage.input_tokens),
+            output_tokens: reported_tokens(usage.output_tokens),
             option_probabilities: Vec::new(),
         })
     }

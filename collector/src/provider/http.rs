@@ -183,6 +183,10 @@ impl HttpConfig {
         reqwest::Client::builder()
             .timeout(self.timeout)
             .connect_timeout(self.timeout.min(Duration::from_secs(10)))
+            // A redirect to another host would carry headers such as
+            // Anthropic's `x-api-key` along (reqwest strips only
+            // `Authorization`); a key goes only where the study says.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| ProviderError::Permanent(format!("cannot build the HTTP client: {e}")))
     }
@@ -258,21 +262,36 @@ pub fn classify(
     body: &str,
     key: Option<&ApiKey>,
 ) -> ProviderError {
+    // Redact before `error_detail` shortens the body: a key cut in two by
+    // the shortening would no longer match and half of it would survive.
     let message = redact(
         &format!(
             "{provider}: HTTP {}: {}",
             status.as_u16(),
-            error_detail(body)
+            error_detail(&redact(body, key))
         ),
         key,
     );
     let code = status.as_u16();
-    let transient = match code {
-        429 => !is_quota_exhausted(body),
-        408 => true,
-        500..=599 => code != 501,
-        _ => false,
-    };
+    if status.is_redirection() {
+        let to = headers
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(|l| redact(l, key))
+            .unwrap_or_else(|| "(no location)".into());
+        return ProviderError::Permanent(format!(
+            "{provider}: HTTP {code}: redirected to {to}; redirects are not followed \
+             (the key would travel with them): set base_url to the final address"
+        ));
+    }
+    // Quota exhaustion is final whatever status carries it (a 429, or an
+    // error object inside a 200 reply classified here as a 500).
+    let transient = !is_quota_exhausted(body)
+        && match code {
+            429 | 408 => true,
+            500..=599 => code != 501,
+            _ => false,
+        };
     if transient {
         ProviderError::Transient {
             message,
@@ -479,14 +498,14 @@ pub fn retry_hint(headers: &HeaderMap, rate_limited: bool, now: SystemTime) -> O
         && ms.is_finite()
         && ms >= 0.0
     {
-        return Some(Duration::from_secs_f64(ms / 1000.0));
+        return Some(hint_seconds(ms / 1000.0));
     }
     if let Some(v) = header("retry-after") {
         if let Ok(secs) = v.parse::<f64>()
             && secs.is_finite()
             && secs >= 0.0
         {
-            return Some(Duration::from_secs_f64(secs));
+            return Some(hint_seconds(secs));
         }
         if let Ok(at) = httpdate::parse_http_date(v) {
             return Some(at.duration_since(now).unwrap_or(Duration::ZERO));
@@ -499,6 +518,22 @@ pub fn retry_hint(headers: &HeaderMap, rate_limited: bool, now: SystemTime) -> O
             .max();
     }
     None
+}
+
+/// A token count a server reported, capped at `u32::MAX` so sums over a study
+/// cannot overflow whatever a broken server says.
+pub(crate) fn reported_tokens(n: u64) -> u64 {
+    n.min(u64::from(u32::MAX))
+}
+
+/// The longest wait a server's hint is taken at face value: a year. Anything
+/// longer (`retry-after: 1e30`) means the same in practice, "not before a
+/// rerun", and must not overflow `Duration`.
+const MAX_HINT_SECS: f64 = 365.0 * 24.0 * 3600.0;
+
+/// A finite, non-negative number of seconds from a server, capped.
+fn hint_seconds(secs: f64) -> Duration {
+    Duration::try_from_secs_f64(secs.clamp(0.0, MAX_HINT_SECS)).unwrap_or(Duration::ZERO)
 }
 
 /// Parses durations like `1s`, `250ms`, `6m0s`, `1.5s`, `2h30m`.
@@ -530,7 +565,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         total += number * seconds;
     }
     if total.is_finite() && total >= 0.0 {
-        Some(Duration::from_secs_f64(total))
+        Some(hint_seconds(total))
     } else {
         None
     }
@@ -594,6 +629,51 @@ mod tests {
             retry_hint(&headers(&[("retry-after", "x")]), true, now),
             None
         );
+    }
+
+    #[test]
+    fn absurd_retry_hints_are_capped_not_a_panic() {
+        let now = SystemTime::UNIX_EPOCH;
+        let year = Duration::from_secs(365 * 24 * 3600);
+        for (name, value) in [
+            ("retry-after", "1e30"),
+            ("retry-after-ms", "1e300"),
+            ("x-ratelimit-reset-tokens", "99999999999999999999999s"),
+        ] {
+            assert_eq!(
+                retry_hint(&headers(&[(name, value)]), true, now),
+                Some(year),
+                "{name}: {value}"
+            );
+        }
+        let google = r#"{"error":{"code":429,"details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"99999999999999999999999999999s"}]}}"#;
+        assert_eq!(body_retry_hint(google), Some(year));
+    }
+
+    #[test]
+    fn a_redirect_is_refused_without_following_it() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            reqwest::header::LOCATION,
+            "https://elsewhere.example/v1?k=sk-secret-123"
+                .parse()
+                .expect("header"),
+        );
+        let key = ApiKey::new("sk-secret-123");
+        match classify(
+            "anthropic",
+            StatusCode::MOVED_PERMANENTLY,
+            &h,
+            "",
+            Some(&key),
+        ) {
+            ProviderError::Permanent(m) => {
+                assert!(m.contains("HTTP 301"), "{m}");
+                assert!(m.contains("set base_url"), "{m}");
+                assert!(!m.contains("sk-secret-123"), "{m}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -699,6 +779,14 @@ mod tests {
             error_in_body(&cfg, r#"{"error":{"message":"bad key","code":401}}"#),
             Some(ProviderError::Permanent(_))
         ));
+        // Quota exhaustion reported inside a 200 reply is final, not retried.
+        assert!(matches!(
+            error_in_body(
+                &cfg,
+                r#"{"error":{"message":"You exceeded your current quota","code":"insufficient_quota"}}"#
+            ),
+            Some(ProviderError::Permanent(_))
+        ));
         // Not JSON, or JSON without an error: the provider's own parser decides.
         assert_eq!(error_in_body(&cfg, "{not json"), None);
         assert_eq!(error_in_body(&cfg, r#"{"choices":[]}"#), None);
@@ -722,6 +810,27 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("invalid_api_key"), "{text}");
+    }
+
+    #[test]
+    fn a_key_cut_by_the_shortened_detail_is_still_redacted() {
+        let key = ApiKey::new("sk-abcdefghijklmnopqrstuvwxyz0123456789");
+        // The key straddles the point where the detail is cut.
+        let body = format!(
+            "{}{}{}",
+            "x".repeat(MAX_DETAIL_CHARS - 10),
+            key.expose(),
+            " trailing"
+        );
+        let text = classify(
+            "openai",
+            StatusCode::BAD_REQUEST,
+            &HeaderMap::new(),
+            &body,
+            Some(&key),
+        )
+        .to_string();
+        assert!(!text.contains("sk-abcdefgh"), "{text}");
     }
 
     #[test]

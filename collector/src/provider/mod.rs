@@ -42,6 +42,10 @@ pub struct Ask<'a> {
     pub prompt: &'a str,
     /// The option labels in this language, rating `i + 1` at index `i`.
     pub options: &'a [String; 5],
+    /// The option labels in another language of the instrument, if it has
+    /// one (LLMs sometimes answer with a label in the other language; the
+    /// simulated respondent does too, so the parser meets it).
+    pub foreign_options: Option<&'a [String; 5]>,
     /// The system prompt (the respondent's, with its condition's persona);
     /// `None` sends none.
     pub system: Option<&'a str>,

@@ -17,7 +17,7 @@ use futures::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::http::{self, HttpConfig};
+use super::http::{self, HttpConfig, reported_tokens};
 use super::{Ask, Provider, ProviderError, Reply};
 
 /// An OpenAI-compatible chat respondent.
@@ -216,8 +216,8 @@ impl OpenAi {
         let usage = parsed.usage.unwrap_or_default();
         Ok(Reply {
             text,
-            input_tokens: usage.prompt_tokens,
-            output_tokens: usage.completion_tokens,
+            input_tokens: reported_tokens(usage.prompt_tokens),
+            output_tokens: reported_tokens(usage.completion_tokens),
             option_probabilities: probabilities,
         })
     }

@@ -182,7 +182,11 @@ impl Simulated {
             1 => char::from_u32('０' as u32 + rating)
                 .map(String::from)
                 .unwrap_or_else(|| rating.to_string()),
-            2 => label.clone(),
+            // Now and then the label in the instrument's other language.
+            2 => match ask.foreign_options {
+                Some(foreign) if rng.random_bool(0.25) => foreign[rating as usize - 1].clone(),
+                _ => label.clone(),
+            },
             3 if zh => format!("我的答案是：{rating}（{label}）"),
             3 => format!("I would choose {rating} ({label})."),
             4 if zh => format!("我选择“{label}”。"),
@@ -288,6 +292,7 @@ mod tests {
             language: "en",
             prompt: "p",
             options,
+            foreign_options: None,
             system: None,
             batch: &[],
         }
@@ -324,6 +329,35 @@ mod tests {
         );
         // 7% of answers are refusals or garbage (binomial sd about 11 of 2000).
         assert!((90..=190).contains(&invalid), "invalid {invalid}");
+    }
+
+    #[test]
+    fn some_answers_use_the_other_languages_labels() {
+        let sim = Simulated::new("sim", 7, profile()).expect("valid profile");
+        let en = options();
+        let zh = ["非常不喜欢", "不喜欢", "不确定", "喜欢", "非常喜欢"].map(String::from);
+        let labels: Vec<(String, u32)> = en
+            .iter()
+            .chain(zh.iter())
+            .enumerate()
+            .map(|(i, l)| (l.clone(), i as u32 % 5 + 1))
+            .collect();
+        let mut foreign = 0;
+        for id in 0..2000u128 {
+            let alone = sim.answer(&ask(id, 2, &en));
+            let mixed = sim.answer(&Ask {
+                foreign_options: Some(&zh),
+                ..ask(id, 2, &en)
+            });
+            if let Some(r) = zh.iter().position(|l| *l == mixed) {
+                foreign += 1;
+                // The same rating as the answer in the prompt's language.
+                assert_eq!(alone, en[r], "task {id}");
+                assert_eq!(parse(&mixed, &labels), Parsed::Rating(r as u32 + 1));
+            }
+        }
+        // A bare label is 1 answer in 6, a foreign one a quarter of those.
+        assert!((40..=140).contains(&foreign), "{foreign} foreign labels");
     }
 
     #[test]
