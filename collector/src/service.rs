@@ -233,33 +233,39 @@ impl CollectorService for CollectorGrpc {
             }
             n => n,
         };
-        let offset: u64 = if request.page_token.is_empty() {
-            0
+        // The token names the last study of the previous page, so studies
+        // created between two calls never repeat or skip an older one.
+        let after: Option<(i64, &str)> = if request.page_token.is_empty() {
+            None
         } else {
-            request
-                .page_token
-                .strip_prefix("o")
-                .and_then(|n| n.parse().ok())
-                .ok_or_else(|| {
-                    CollectorError::invalid("page_token", "not a token from this service")
-                })?
+            Some(
+                request
+                    .page_token
+                    .strip_prefix("a")
+                    .and_then(|t| t.split_once(':'))
+                    .and_then(|(ms, id)| Some((ms.parse().ok()?, id)))
+                    .ok_or_else(|| {
+                        CollectorError::invalid("page_token", "not a token from this service")
+                    })?,
+            )
         };
         let rows = self
             .collector
             .ctx
             .journal
-            .studies(offset, page_size + 1)
+            .studies(after, page_size + 1)
             .await
             .map_err(CollectorError::from)?;
         let more = rows.len() > page_size as usize;
         let mut studies = Vec::new();
+        let mut last = None;
         for row in rows.into_iter().take(page_size as usize) {
+            last = Some((row.created_ms, row.study_id.clone()));
             studies.push(self.collector.study_message(row).await?);
         }
-        let next_page_token = if more {
-            format!("o{}", offset + u64::from(page_size))
-        } else {
-            String::new()
+        let next_page_token = match last {
+            Some((ms, id)) if more => format!("a{ms}:{id}"),
+            _ => String::new(),
         };
         Ok(Response::new(ListStudiesResponse {
             studies,

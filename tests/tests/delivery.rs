@@ -10,8 +10,9 @@ use careers_collector::runner;
 use careers_proto::v1::analyzer_service_client::AnalyzerServiceClient;
 use careers_proto::v1::collector_service_client::CollectorServiceClient;
 use careers_proto::v1::{
-    CreateStudyRequest, ExportResponsesRequest, GetStudyRequest, GetSummaryRequest,
-    ListStudiesRequest, StudyState, Summary, WatchStudyRequest, WatchSummaryRequest,
+    CancelStudyRequest, CreateStudyRequest, ExportResponsesRequest, GetStudyRequest,
+    GetSummaryRequest, ListStudiesRequest, Study, StudyState, Summary, WatchStudyRequest,
+    WatchSummaryRequest,
 };
 use common::*;
 use tokio_stream::StreamExt;
@@ -305,5 +306,153 @@ async fn a_cancelled_study_resumes_without_asking_answered_tasks_again() {
         "no task asked twice"
     );
     assert_eq!(summary(&analyzer_url, "resume").await.responses, total);
+    analyzer.shutdown().await.expect("analyzer stops");
+}
+
+async fn watch_to_end(
+    client: &mut CollectorServiceClient<tonic::transport::Channel>,
+    id: &str,
+) -> Study {
+    let mut stream = client
+        .watch_study(WatchStudyRequest {
+            study_id: id.into(),
+            min_interval_ms: 50,
+        })
+        .await
+        .expect("watch study")
+        .into_inner();
+    let mut last = None;
+    while let Some(msg) = stream.next().await {
+        last = msg.expect("progress").study;
+    }
+    last.expect("at least one progress message")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_collector_service_resumes_cancels_and_pages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let analyzer = analyzer_at(loopback(), &dir.path().join("analyzer.sqlite")).await;
+    let analyzer_url = url(analyzer.addr);
+
+    // A study an earlier server left running (killed before it asked
+    // anything): its rows are in the journal, its state is RUNNING.
+    let left = paper_spec("left-running", 1);
+    let left_total = task_count(&left);
+    {
+        let ctx = run_context(dir.path(), &analyzer_url).await;
+        runner::prepare(&ctx, "req-left", &left)
+            .await
+            .expect("prepare");
+    }
+    let ctx = run_context(dir.path(), &analyzer_url).await;
+    let collector = careers_collector::server::start(loopback(), ctx)
+        .await
+        .expect("collector starts");
+    let mut client = CollectorServiceClient::connect(url(collector.addr))
+        .await
+        .expect("connect");
+    // The new server carries on with it by itself.
+    let resumed = watch_to_end(&mut client, "left-running").await;
+    assert_eq!(resumed.state, StudyState::Completed as i32, "{resumed:?}");
+    assert_eq!(
+        summary(&analyzer_url, "left-running").await.responses,
+        left_total
+    );
+
+    // CancelStudy stops a running study and it stays cancelled.
+    let big = paper_spec("to-cancel", 20);
+    let big_total = task_count(&big);
+    let request = CreateStudyRequest {
+        request_id: "req-cancel".into(),
+        spec: Some(big.clone()),
+    };
+    client.create_study(request.clone()).await.expect("create");
+    let cancelled = client
+        .cancel_study(CancelStudyRequest {
+            study_id: "to-cancel".into(),
+        })
+        .await
+        .expect("cancel")
+        .into_inner()
+        .study
+        .expect("study");
+    assert_eq!(cancelled.state, StudyState::Cancelled as i32);
+    let ended = watch_to_end(&mut client, "to-cancel").await;
+    assert_eq!(ended.state, StudyState::Cancelled as i32, "{ended:?}");
+    let done = ended.progress.expect("progress").done;
+    assert!(
+        done < big_total,
+        "{done} of {big_total}: cancelled mid-study"
+    );
+
+    // A request id names one request: another design under it is refused and
+    // changes nothing; the identical request gets the study as it is.
+    let mut other = big.clone();
+    other.replications = 2;
+    let status = client
+        .create_study(CreateStudyRequest {
+            request_id: "req-cancel".into(),
+            spec: Some(other),
+        })
+        .await
+        .expect_err("a reused request id");
+    assert_eq!(status.code(), tonic::Code::AlreadyExists);
+    assert!(status.message().starts_with("request_id:"), "{status:?}");
+    let again = client
+        .create_study(request)
+        .await
+        .expect("a retried request")
+        .into_inner()
+        .study
+        .expect("study");
+    assert_eq!(again.state, StudyState::Cancelled as i32);
+    assert_eq!(again.progress.map(|p| p.total), Some(big_total));
+
+    // ListStudies walks every study once, page by page, even when a study
+    // is created in the middle of the walk.
+    for i in 0..3 {
+        client
+            .create_study(CreateStudyRequest {
+                request_id: format!("req-page-{i}"),
+                spec: Some(paper_spec(&format!("page-{i}"), 1)),
+            })
+            .await
+            .expect("create");
+    }
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_studies(ListStudiesRequest {
+                page_size: 2,
+                page_token: token.clone(),
+            })
+            .await
+            .expect("list")
+            .into_inner();
+        assert!(page.studies.len() <= 2);
+        seen.extend(page.studies.into_iter().map(|s| s.study_id));
+        if token.is_empty() {
+            client
+                .create_study(CreateStudyRequest {
+                    request_id: "req-late".into(),
+                    spec: Some(paper_spec("page-late", 1)),
+                })
+                .await
+                .expect("create");
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        ["left-running", "page-0", "page-1", "page-2", "to-cancel"],
+        "walked in order {seen:?}"
+    );
+    collector.shutdown().await.expect("collector stops");
     analyzer.shutdown().await.expect("analyzer stops");
 }

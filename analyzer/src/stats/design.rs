@@ -1053,7 +1053,11 @@ fn re_term(
         coefs.push("(Intercept)".to_string());
         coef_parts.push(None);
     }
-    for (si, s) in rt.slopes.iter().enumerate() {
+    // As in R's model.matrix: without an intercept the first factor gets a
+    // column per level (a numeric slope before it does not change that);
+    // every later factor drops its reference level.
+    let mut full_coding_used = rt.intercept;
+    for s in &rt.slopes {
         let v = idx(s);
         match &vars[v].kind {
             VarKind::Numeric => {
@@ -1061,7 +1065,8 @@ fn re_term(
                 coef_parts.push(Some((v, None)));
             }
             VarKind::Factor(lv) => {
-                let start = usize::from(rt.intercept || si > 0);
+                let start = usize::from(full_coding_used);
+                full_coding_used = true;
                 for (l, name) in lv.iter().enumerate().skip(start) {
                     coefs.push(format!("{s}{name}"));
                     coef_parts.push(Some((v, Some(l))));

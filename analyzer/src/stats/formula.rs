@@ -65,11 +65,7 @@ impl Formula {
             )));
         }
         let tokens = tokenize(rhs)?;
-        let mut p = Parser {
-            tokens,
-            pos: 0,
-            var_order: Vec::new(),
-        };
+        let mut p = Parser { tokens, pos: 0 };
         let parts = p.top_level()?;
         let mut intercept = true;
         let mut fixed_raw: Vec<Term> = Vec::new();
@@ -81,8 +77,17 @@ impl Formula {
                 Part::Random(r) => random.extend(r),
             }
         }
-        // Canonical variable order inside each term, dedup, then R's ordering by degree.
-        let order = &p.var_order;
+        // Canonical variable order inside each term, dedup, then R's ordering by
+        // degree. As lme4 fits the fixed part alone (`nobars`), a variable's
+        // rank is its first mention among the fixed terms, whatever random
+        // terms come before them.
+        let mut order: Vec<&String> = Vec::new();
+        for v in fixed_raw.iter().flatten() {
+            if !order.contains(&v) {
+                order.push(v);
+            }
+        }
+        let order: Vec<String> = order.into_iter().cloned().collect();
         let rank = |v: &String| order.iter().position(|o| o == v).unwrap_or(usize::MAX);
         let mut fixed: Vec<Term> = Vec::new();
         for mut t in fixed_raw {
@@ -310,7 +315,6 @@ enum Part {
 struct Parser {
     tokens: Vec<Tok>,
     pos: usize,
-    var_order: Vec<String>,
 }
 
 impl Parser {
@@ -326,12 +330,6 @@ impl Parser {
 
     fn err<T>(&self, msg: impl Into<String>) -> Result<T, StatsError> {
         Err(StatsError::Formula(msg.into()))
-    }
-
-    fn note_var(&mut self, v: &str) {
-        if !self.var_order.iter().any(|o| o == v) {
-            self.var_order.push(v.to_string());
-        }
     }
 
     /// Whether the parenthesised group starting at `self.pos` (a `(`) contains a top-level `|`.
@@ -465,7 +463,6 @@ impl Parser {
                 if v == "." {
                     return self.err("'.' (every other column) is not supported; name the columns");
                 }
-                self.note_var(&v);
                 Ok(vec![vec![v]])
             }
             Some(Tok::LParen) => {
@@ -505,7 +502,6 @@ impl Parser {
                             "interactions on the left of '|' (after {v:?}) are not supported"
                         ));
                     }
-                    self.note_var(&v);
                     if !slopes.contains(&v) {
                         slopes.push(v);
                     }
@@ -530,7 +526,6 @@ impl Parser {
         loop {
             match self.next() {
                 Some(Tok::Ident(v)) => {
-                    self.note_var(&v);
                     group.push(v);
                 }
                 t => {
@@ -624,6 +619,18 @@ mod tests {
         assert!(f.intercept);
         assert_eq!(f.random.len(), 2);
         assert_eq!(f.random[1].group_name(), "item:respondent");
+    }
+
+    #[test]
+    fn fixed_terms_are_named_by_the_fixed_part_alone() {
+        // R (lme4's nobars) names the interaction by the fixed part's order,
+        // even when a random term mentions b first.
+        let f = Formula::parse("y ~ (1 + b | g) + a * b").expect("parses");
+        let labels: Vec<String> = f.fixed.iter().map(Formula::term_label).collect();
+        assert_eq!(labels, ["a", "b", "a:b"]);
+        let g = Formula::parse("y ~ b:a + a + (1 | g)").expect("parses");
+        let labels: Vec<String> = g.fixed.iter().map(Formula::term_label).collect();
+        assert_eq!(labels, ["a", "b:a"]);
     }
 
     #[test]

@@ -306,13 +306,23 @@ impl Journal {
         row.as_ref().map(Self::study_row).transpose()
     }
 
-    /// Studies newest first, `limit` from `offset`.
-    pub async fn studies(&self, offset: u64, limit: u32) -> Result<Vec<StudyRow>, JournalError> {
+    /// Studies newest first (ties by id), `limit` of them, starting after
+    /// the study `after` names by its `(created_ms, study_id)`: a page
+    /// boundary that new studies do not shift.
+    pub async fn studies(
+        &self,
+        after: Option<(i64, &str)>,
+        limit: u32,
+    ) -> Result<Vec<StudyRow>, JournalError> {
+        let (ms, id) = after.unwrap_or((i64::MAX, ""));
         let rows = sqlx::query(
-            "SELECT * FROM studies ORDER BY created_ms DESC, study_id LIMIT ? OFFSET ?",
+            "SELECT * FROM studies WHERE created_ms < ? OR (created_ms = ? AND study_id > ?) \
+             ORDER BY created_ms DESC, study_id LIMIT ?",
         )
+        .bind(ms)
+        .bind(ms)
+        .bind(id)
         .bind(i64::from(limit))
-        .bind(offset as i64)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(Self::study_row).collect()
@@ -556,7 +566,7 @@ mod tests {
             created.insert(row.created_ms);
         }
         assert_eq!(created.len(), 1, "one study row");
-        assert_eq!(j.studies(0, 10).await.expect("list").len(), 1);
+        assert_eq!(j.studies(None, 10).await.expect("list").len(), 1);
     }
 
     #[tokio::test]
