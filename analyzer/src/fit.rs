@@ -250,8 +250,7 @@ pub struct FitReport {
     pub random: Vec<RandomRow>,
     /// Type III tests.
     pub anova: Vec<AnovaJson>,
-    /// Marginal means, when asked for.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Marginal means, when asked for (`null` otherwise).
     pub emmeans: Option<EmmeansJson>,
     /// Aliased columns dropped.
     pub dropped_columns: Vec<String>,
@@ -310,9 +309,10 @@ pub struct RandomRow {
     /// Variance.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub variance: Option<f64>,
-    /// Correlation.
+    /// Correlation: present on correlation rows only, `null` there when it
+    /// is not defined (a zero SD).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub corr: Option<f64>,
+    pub corr: Option<Option<f64>>,
 }
 
 /// One Type III test.
@@ -515,7 +515,7 @@ fn random_rows(fit: &LmmFit) -> Vec<RandomRow> {
                 term2: Some(c.terms[a].clone()),
                 sd: None,
                 variance: None,
-                corr: finite(rho),
+                corr: Some(finite(rho)),
             });
         }
     }
@@ -576,7 +576,7 @@ fn summary_text(r: &FitReport) -> String {
         "Groups", "Name", "Variance", "Std.Dev."
     );
     for row in &r.random {
-        match (row.sd, row.corr) {
+        match (row.sd, row.corr.flatten()) {
             (Some(sd), _) => {
                 let _ = writeln!(
                     s,

@@ -128,7 +128,7 @@ fn compare(c: &mut Checker, got: &FitReport, want: &Value) {
                 1e-2 * scale,
             );
         } else {
-            c.check_opt("random corr", g.corr, &w["corr"], tight, 1.0);
+            c.check_opt("random corr", g.corr.flatten(), &w["corr"], tight, 1.0);
         }
     }
 

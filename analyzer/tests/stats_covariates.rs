@@ -87,10 +87,10 @@ fn check_against_lme4(s: &SufficientStats) {
             "{label}"
         );
         let satt = Satterthwaite::new(&design, &fit).expect("satterthwaite");
-        for (g, w) in fixed_effects(&fit, &satt)
-            .iter()
-            .zip(want["fixed"].as_array().expect("fixed"))
-        {
+        let fixed = fixed_effects(&fit, &satt);
+        let want_fixed = want["fixed"].as_array().expect("fixed");
+        assert_eq!(fixed.len(), want_fixed.len(), "{label}: fixed effects");
+        for (g, w) in fixed.iter().zip(want_fixed) {
             assert_eq!(g.name, w["term"].as_str().expect("term"));
             assert!(
                 rel(g.estimate, w["estimate"].as_f64().expect("e")) < 1e-6,
@@ -107,14 +107,14 @@ fn check_against_lme4(s: &SufficientStats) {
             .filter(|r| r["group"] != "Residual")
             .filter_map(|r| r["sd"].as_f64())
             .collect();
+        assert_eq!(sds.len(), want_sds.len(), "{label}: random SDs");
         for (g, w) in sds.iter().zip(&want_sds) {
             assert!(rel(*g, *w) < 1e-6, "{label}: sd {g} vs {w}");
         }
-        for (g, w) in anova_type3(&design, &fit, &satt)
-            .expect("anova")
-            .iter()
-            .zip(want["anova"].as_array().expect("anova"))
-        {
+        let anova = anova_type3(&design, &fit, &satt).expect("anova");
+        let want_anova = want["anova"].as_array().expect("anova");
+        assert_eq!(anova.len(), want_anova.len(), "{label}: anova rows");
+        for (g, w) in anova.iter().zip(want_anova) {
             assert!(rel(g.f, w["f"].as_f64().expect("f")) < 1e-3, "{label}");
             assert!(
                 rel(g.den_df, w["den_df"].as_f64().expect("ddf")) < 1e-3,

@@ -58,6 +58,8 @@ fn assert_same(a: &careers_analyzer::stats::LmmFit, b: &careers_analyzer::stats:
     assert!(rel(a.criterion, b.criterion) < 1e-10, "criterion");
     assert_eq!(a.fixed_names, b.fixed_names);
     assert_eq!(a.dropped_columns, b.dropped_columns);
+    assert_eq!(a.beta.len(), b.beta.len());
+    assert_eq!(a.theta.len(), b.theta.len());
     for (x, y) in a.beta.iter().zip(&b.beta) {
         assert!((x - y).abs() < 1e-6, "beta {x} vs {y}");
     }
@@ -205,10 +207,58 @@ fn fit_command_errors_are_one_line() {
         "fixed",
         "random",
         "anova",
+        "emmeans",
         "dropped_columns",
     ] {
         assert!(v.get(key).is_some(), "missing {key}");
     }
+    assert!(v["emmeans"].is_null(), "no --emmeans: null");
+
+    // The nested shapes, on a fit with a correlation and marginal means.
+    let likert = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/reference/likert.csv");
+    let text = run_fit(&FitArgs {
+        data: likert,
+        formula: "rating ~ scale * language + (1 + language | item)".into(),
+        ml: false,
+        emmeans: Some("scale:language".into()),
+        json: true,
+    })
+    .expect("fits");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let has = |row: &serde_json::Value, keys: &[&str]| keys.iter().all(|k| row.get(*k).is_some());
+    let fixed = v["fixed"].as_array().expect("fixed");
+    assert_eq!(fixed.len(), 12);
+    assert!(
+        fixed
+            .iter()
+            .all(|r| has(r, &["term", "estimate", "se", "df", "t", "p"]))
+    );
+    let random = v["random"].as_array().expect("random");
+    let sds = random
+        .iter()
+        .filter(|r| has(r, &["group", "term", "sd", "variance"]));
+    assert_eq!(sds.count(), 3, "item intercept, item slope, residual");
+    let corrs: Vec<_> = random
+        .iter()
+        .filter(|r| has(r, &["group", "term", "term2", "corr"]))
+        .collect();
+    assert_eq!(corrs.len(), 1, "{random:?}");
+    assert!(corrs[0]["corr"].is_number(), "{:?}", corrs[0]);
+    let anova = v["anova"].as_array().expect("anova");
+    assert_eq!(anova.len(), 3);
+    assert!(
+        anova
+            .iter()
+            .all(|r| has(r, &["term", "num_df", "den_df", "f", "p"]))
+    );
+    assert_eq!(v["emmeans"]["spec"], "scale:language");
+    let rows = v["emmeans"]["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 12);
+    assert!(rows.iter().all(
+        |r| has(r, &["levels", "emmean", "se", "df", "lower", "upper"])
+            && r["levels"].get("scale").is_some()
+            && r["levels"].get("language").is_some()
+    ));
     let summary = run_fit(&FitArgs {
         data: ok,
         formula: "y ~ 1 + (1 | g)".into(),

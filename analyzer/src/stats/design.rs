@@ -490,8 +490,12 @@ impl Design {
         }
         let k_cov = stats.covariates().len();
         // Collapse the stored cells onto the model's factor variables.
+        // In key order, so that the floating-point sums (and the fit to the
+        // last bit) do not depend on the hash map's iteration order.
+        let mut cells: Vec<(&[u32], &Moments)> = stats.cells().collect();
+        cells.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let mut collapsed: HashMap<Vec<u32>, Moments> = HashMap::new();
-        for (key, m) in stats.cells() {
+        for (key, m) in cells {
             let k: Vec<u32> = col_of
                 .iter()
                 .map(|c| match c {

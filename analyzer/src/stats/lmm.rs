@@ -472,6 +472,13 @@ pub fn fit(design: &Design, options: &FitOptions) -> Result<LmmFit, StatsError> 
 
 /// The fit at a given theta, without optimising (profiling, comparisons with other software).
 pub fn fit_at(design: &Design, theta: &[f64], reml: bool) -> Result<LmmFit, StatsError> {
+    if theta.len() != design.n_theta() || theta.iter().any(|t| !t.is_finite()) {
+        return Err(StatsError::Optimizer(format!(
+            "theta must be {} finite numbers, got {:?}",
+            design.n_theta(),
+            theta
+        )));
+    }
     finish(
         design,
         theta.to_vec(),
