@@ -310,3 +310,8 @@ fn likert_paper_design() {
 fn likert_with_empty_cell() {
     run_dataset("likert_empty");
 }
+
+#[test]
+fn covariates_with_factors() {
+    run_dataset("covariates");
+}

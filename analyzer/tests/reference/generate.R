@@ -120,6 +120,21 @@ write_case("sleepstudy", sleep, list(
   list(formula = "Reaction ~ Days + (Days | Subject)", reml = FALSE),
   list(formula = "Reaction ~ Days + (1 | Subject)")))
 
+# --- covariates with factors: sleepstudy with two derived factors ------------------------------
+# group: a between-subject factor (the first nine subjects "a", the rest "b"); cond: a
+# within-subject factor alternating over the days. Checks covariate x factor names (Days:groupb),
+# Type III tests and EMMs with a covariate (held at its mean, as emmeans does), and the coding of
+# a factor slope after a numeric one without an intercept (full dummy coding, as model.matrix).
+covs <- sleep
+subjects <- levels(covs$Subject)
+covs$group <- ifelse(as.integer(covs$Subject) <= 9, "a", "b")
+covs$cond <- ifelse(covs$Days %% 2 == 0, "u", "v")
+covs$Subject <- as.character(covs$Subject)
+write_case("covariates", covs, list(
+  list(formula = "Reaction ~ Days * group + (Days | Subject)", emm = "group"),
+  list(formula = "Reaction ~ Days * group + cond + (1 | Subject)", reml = FALSE, emm = "group:cond"),
+  list(formula = "Reaction ~ Days + (0 + Days + cond | Subject)")))
+
 # --- simulated Likert designs shaped like the paper's ----------------------------------------
 simulate_likert <- function(seed, respondents, languages, max_reps, empty = NULL) {
   set.seed(seed)
