@@ -51,6 +51,11 @@ pub enum Parsed {
     },
 }
 
+/// A refusal the provider reported itself (not read from the text).
+pub fn refusal(detail: impl Into<String>) -> Parsed {
+    invalid(InvalidReason::Refusal, detail)
+}
+
 fn invalid(reason: InvalidReason, detail: impl Into<String>) -> Parsed {
     Parsed::Invalid {
         reason,

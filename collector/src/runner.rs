@@ -844,7 +844,15 @@ async fn administer(
             tokens[i].1 += reply.output_tokens / k + u64::from(j < reply.output_tokens % k);
         }
         // Log-probabilities describe one rating token: only a one-item reply has them.
-        let (parsed, probabilities) = if all_items {
+        let (parsed, probabilities) = if reply.refused {
+            let refusal = || answer::refusal("the provider marked the reply as a refusal");
+            (
+                open.iter()
+                    .map(|_| (refusal(), reply.text.clone()))
+                    .collect(),
+                Vec::new(),
+            )
+        } else if all_items {
             (
                 answer::parse_numbered(&reply.text, open.len(), &labels),
                 Vec::new(),

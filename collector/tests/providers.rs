@@ -314,6 +314,7 @@ async fn openai_faults_are_classified_and_good_answers_parsed() {
             input_tokens: 42,
             output_tokens: 3,
             option_probabilities: Vec::new(),
+            refused: false,
         }
     );
     assert_eq!(mock.requests(), 12);
@@ -413,6 +414,7 @@ async fn anthropic_wire_format_and_faults() {
             input_tokens: 40,
             output_tokens: 2,
             option_probabilities: Vec::new(),
+            refused: false,
         }
     );
     mock.with_seen(|seen| {
@@ -675,7 +677,14 @@ async fn transient_faults_are_retried_and_a_study_lands_exactly() {
         openai_answer("4"),
     )
     .await;
-    let anthropic = Mock::start(vec![reply(529, "{}")], anthropic_answer("2")).await;
+    // Anthropic's classifier refusal: no text at all, still a refusal, not a retry.
+    let refusal =
+        r#"{"content":[],"stop_reason":"refusal","usage":{"input_tokens":40,"output_tokens":0}}"#;
+    let anthropic = Mock::start(
+        vec![reply(529, "{}"), reply(200, refusal)],
+        anthropic_answer("2"),
+    )
+    .await;
     let gpt = with_api(
         api_respondent("gpt", "openai", &openai.base_url("/v1"), &rig.key_file),
         |api| {
@@ -720,12 +729,12 @@ async fn transient_faults_are_retried_and_a_study_lands_exactly() {
     });
     let s = summary(&rig, "live-mock").await;
     assert_eq!(s.responses, 240);
-    assert_eq!((s.valid, s.invalid), (239, 1));
+    assert_eq!((s.valid, s.invalid), (238, 2));
     // Exact accounting: every request and retry, the tokens of the
     // successful replies (42 + 3 from the OpenAI mock, 40 + 2 from the
     // Anthropic one), and their cost at the configured prices.
     let gpt_cost = (120.0 * 42.0 * 0.5 + 120.0 * 3.0 * 1.5) / 1e6;
-    let claude_cost = (120.0 * 40.0 * 3.0 + 120.0 * 2.0 * 15.0) / 1e6;
+    let claude_cost = (120.0 * 40.0 * 3.0 + 119.0 * 2.0 * 15.0) / 1e6;
     let usage: Vec<_> = s
         .usage
         .iter()
@@ -744,7 +753,7 @@ async fn transient_faults_are_retried_and_a_study_lands_exactly() {
     assert_eq!(
         usage,
         vec![
-            ("claude", 120, 121, 1, 4800, 240, "EUR"),
+            ("claude", 120, 121, 1, 4800, 238, "EUR"),
             ("gpt", 120, 126, 6, 5040, 360, "USD"),
         ]
     );
@@ -780,13 +789,13 @@ async fn transient_faults_are_retried_and_a_study_lands_exactly() {
         accounts,
         vec![
             ("gpt", 120, 120, 126, 6, 5040, 360, "USD", ""),
-            ("claude", 120, 120, 121, 1, 4800, 240, "EUR", ""),
+            ("claude", 120, 120, 121, 1, 4800, 238, "EUR", ""),
         ]
     );
     assert!((progress.respondents[0].cost - gpt_cost).abs() < 1e-12);
     assert!((progress.respondents[1].cost - claude_cost).abs() < 1e-12);
-    // The one unusable answer ("It depends ...") is no refusal.
-    assert_eq!((progress.invalid, progress.refusals), (1, 0));
+    // "It depends ..." is unusable but no refusal; Anthropic's is one.
+    assert_eq!((progress.invalid, progress.refusals), (2, 1));
     // The final table shows the cost per respondent.
     let table = careers_collector::table::riasec_table(&s);
     assert!(table.contains("0.0031 USD"), "{table}");

@@ -37,6 +37,8 @@ impl fmt::Debug for Anthropic {
 struct MessagesResponse {
     content: Vec<Block>,
     #[serde(default)]
+    stop_reason: Option<String>,
+    #[serde(default)]
     usage: Option<Usage>,
 }
 
@@ -104,7 +106,9 @@ impl Anthropic {
             .filter(|b| b.kind == "text" || b.kind.is_empty())
             .filter_map(|b| b.text.as_deref())
             .collect();
-        if texts.is_empty() {
+        // The classifiers' refusal: possibly no text at all, never worth a retry.
+        let refused = parsed.stop_reason.as_deref() == Some("refusal");
+        if texts.is_empty() && !refused {
             return Err(self.config.malformed("the reply has no text content"));
         }
         let usage = parsed.usage.unwrap_or_default();
@@ -113,6 +117,7 @@ impl Anthropic {
             input_tokens: reported_tokens(usage.input_tokens),
             output_tokens: reported_tokens(usage.output_tokens),
             option_probabilities: Vec::new(),
+            refused,
         })
     }
 }
@@ -139,5 +144,27 @@ impl Provider for Anthropic {
             let body = http::send(&self.config, request).await?;
             self.reply(&body)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_stop_reason_is_a_refusal_even_without_text() {
+        let p = Anthropic::new(http::test_config("anthropic")).expect("provider");
+        let body = r#"{"content":[],"stop_reason":"refusal","usage":{"input_tokens":12,"output_tokens":0}}"#;
+        let r = p.reply(body).expect("a reply, not a retry");
+        assert!(r.refused);
+        assert_eq!(r.input_tokens, 12);
+        // Without the stop reason, an empty reply is malformed (retried).
+        let body = r#"{"content":[],"stop_reason":"end_turn"}"#;
+        assert!(matches!(
+            p.reply(body),
+            Err(ProviderError::Transient { .. })
+        ));
+        let body = r#"{"content":[{"type":"text","text":"4"}],"stop_reason":"end_turn"}"#;
+        assert!(!p.reply(body).expect("reply").refused);
     }
 }

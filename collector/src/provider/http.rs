@@ -200,6 +200,24 @@ impl HttpConfig {
     }
 }
 
+/// A configuration for unit tests of the reply parsers (nothing is sent).
+#[cfg(test)]
+pub(crate) fn test_config(provider: &str) -> HttpConfig {
+    HttpConfig {
+        provider: provider.into(),
+        model: "m".into(),
+        base_url: "http://127.0.0.1:9/v1".into(),
+        key: Some(ApiKey::new("sk-secret-123")),
+        temperature: None,
+        top_p: None,
+        seed: None,
+        max_tokens: 0,
+        max_tokens_field: "max_tokens",
+        timeout: DEFAULT_TIMEOUT,
+        logprobs: false,
+    }
+}
+
 /// Sends a request and returns the body of a 2xx reply, or the classified
 /// failure.
 pub(crate) async fn send(
@@ -738,19 +756,7 @@ mod tests {
 
     #[test]
     fn errors_inside_a_200_reply_are_classified() {
-        let cfg = HttpConfig {
-            provider: "spark".into(),
-            model: "generalv3.5".into(),
-            base_url: "http://127.0.0.1:9/v1".into(),
-            key: Some(ApiKey::new("sk-secret-123")),
-            temperature: None,
-            top_p: None,
-            seed: None,
-            max_tokens: 0,
-            max_tokens_field: "max_tokens",
-            timeout: DEFAULT_TIMEOUT,
-            logprobs: false,
-        };
+        let cfg = test_config("spark");
         let ok = r#"{"code":0,"message":"Success","choices":[{"message":{"role":"assistant","content":"4"},"index":0}]}"#;
         assert_eq!(error_in_body(&cfg, ok), None);
         let anthropic = r#"{"content":[{"type":"text","text":"4"}]}"#;

@@ -78,6 +78,10 @@ pub struct Reply {
     /// Probabilities of the ratings at the answer's rating token, when the
     /// provider was asked for log-probabilities (empty otherwise).
     pub option_probabilities: Vec<careers_proto::v1::OptionProbability>,
+    /// The API itself marked the reply a refusal (OpenAI's `message.refusal`
+    /// without content, Anthropic's `stop_reason: "refusal"`), whatever its
+    /// wording.
+    pub refused: bool,
 }
 
 /// A provider failure.

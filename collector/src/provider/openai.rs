@@ -207,7 +207,13 @@ impl OpenAi {
                 .filter_map(|p| p.get("text").and_then(Value::as_str))
                 .collect::<Vec<_>>()
                 .join(""),
-            _ => message.refusal.unwrap_or_default(),
+            _ => String::new(),
+        };
+        // A refusal comes in its own field, with no content.
+        let refusal = message.refusal.filter(|r| !r.trim().is_empty());
+        let (text, refused) = match refusal {
+            Some(r) if text.trim().is_empty() => (r, true),
+            _ => (text, false),
         };
         let probabilities = match (self.config.logprobs, choice.logprobs) {
             (true, Some(ChoiceLogprobs { content: Some(t) })) => option_probabilities(&t),
@@ -219,6 +225,7 @@ impl OpenAi {
             input_tokens: reported_tokens(usage.prompt_tokens),
             output_tokens: reported_tokens(usage.completion_tokens),
             option_probabilities: probabilities,
+            refused,
         })
     }
 }
@@ -288,5 +295,20 @@ mod tests {
         let total: f64 = got.iter().map(|o| o.probability).sum();
         assert!((total - 1.0).abs() < 1e-9);
         assert!(option_probabilities(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_refusal_field_is_a_refusal_whatever_its_words() {
+        let p = OpenAi::new(http::test_config("openai")).expect("provider");
+        let body = r#"{"choices":[{"message":{"role":"assistant","content":null,"refusal":"I'm sorry, I can't help with that."}}],"usage":{"prompt_tokens":9,"completion_tokens":8}}"#;
+        let r = p.reply(body).expect("a reply");
+        assert!(r.refused);
+        assert_eq!(r.text, "I'm sorry, I can't help with that.");
+        assert_eq!((r.input_tokens, r.output_tokens), (9, 8));
+        // Content wins over an empty refusal field.
+        let body = r#"{"choices":[{"message":{"content":"4","refusal":null}}]}"#;
+        let r = p.reply(body).expect("a reply");
+        assert!(!r.refused);
+        assert_eq!(r.text, "4");
     }
 }

@@ -249,6 +249,7 @@ impl Provider for Simulated {
                 output_tokens: (text.chars().count() as u64).div_ceil(4),
                 text,
                 option_probabilities: Vec::new(),
+                refused: false,
             })
         })
     }
