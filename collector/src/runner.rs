@@ -872,11 +872,19 @@ async fn administer(
                     detail,
                 }),
             };
+            // The study's rating source may still take the rating from the
+            // probabilities; re-ask only when the answer stays unusable.
+            let decides = !probabilities.is_empty()
+                && matches!(
+                    choose(
+                        answer.clone(),
+                        &normalise(probabilities.clone()),
+                        limits.rating_source
+                    ),
+                    Answer::Rating(_)
+                );
             match answer {
-                // Probabilities can still decide the rating; only re-ask when they cannot.
-                Answer::Invalid(invalid)
-                    if round < spec.reask_invalid && probabilities.is_empty() =>
-                {
+                Answer::Invalid(invalid) if round < spec.reask_invalid && !decides => {
                     earlier[i].push(EarlierAnswer {
                         attempt,
                         raw_text,

@@ -885,10 +885,15 @@ async fn quota_exhaustion_fails_the_respondent_without_retry() {
 /// 2 -> 0.4, 4 -> 0.45 (" 4" and "4" merged), 5 -> 0.15 (sum 1 after
 /// dropping "Like"), so sampled = 2, most probable = 4, expected = 3.35 -> 3.
 fn logprob_answer() -> MockReply {
+    logprob_reply("2")
+}
+
+/// [`logprob_answer`]'s log-probabilities with another text.
+fn logprob_reply(content: &str) -> MockReply {
     let body = serde_json::json!({
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": "2"},
+            "message": {"role": "assistant", "content": content},
             "logprobs": {"content": [{
                 "token": "2",
                 "logprob": 0.4f64.ln(),
@@ -990,6 +995,63 @@ async fn rating_source_chooses_from_logprobs_and_expected_rating_is_exported() {
         assert_eq!(body["messages"][0]["role"], "system");
         assert_eq!(body["messages"][0]["content"], "Answer with one digit.");
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_answer_is_re_asked_unless_its_probabilities_decide() {
+    let rig = rig().await;
+    // Each respondent's first answer is unreadable text with the same
+    // log-probabilities as every other answer.
+    let sampled_mock =
+        Mock::start(vec![logprob_reply("Hmm, hard to say.")], logprob_answer()).await;
+    let most_mock = Mock::start(vec![logprob_reply("Hmm, hard to say.")], logprob_answer()).await;
+    let respondent = |name: &str, url: String, source: RatingSource| {
+        with_api(api_respondent(name, "vllm", &url, &rig.key_file), |api| {
+            api.logprobs = true;
+            api.rating_source = source as i32;
+        })
+    };
+    let mut spec = small_spec(
+        "live-logprob-reask",
+        vec![
+            respondent(
+                "sampled",
+                sampled_mock.base_url("/v1"),
+                RatingSource::Sampled,
+            ),
+            respondent(
+                "most",
+                most_mock.base_url("/v1"),
+                RatingSource::MostProbable,
+            ),
+        ],
+    );
+    spec.instruments = vec!["onet-ip-sf".into()];
+    spec.reask_invalid = 1;
+    let outcome = run_study(&rig, &spec).await;
+    assert_eq!(outcome.state, StudyState::Completed, "{outcome:?}");
+    assert_eq!(outcome.answered_now, 120);
+    // The sampled text decides: the unreadable answer is re-asked once.
+    assert_eq!(sampled_mock.requests(), 61);
+    // The probabilities decide: nothing to re-ask, the answer is their mode.
+    assert_eq!(most_mock.requests(), 60);
+    let responses = export(&rig, "live-logprob-reask").await;
+    let unreadable: Vec<_> = responses
+        .iter()
+        .filter(|r| r.raw_text == "Hmm, hard to say.")
+        .collect();
+    assert_eq!(unreadable.len(), 1, "kept only where it was the answer");
+    assert_eq!(unreadable[0].answer, Some(Answer::Rating(4)));
+    assert_eq!(
+        unreadable[0].respondent.as_ref().map(|r| r.name.as_str()),
+        Some("most")
+    );
+    assert!(
+        responses
+            .iter()
+            .all(|r| matches!(r.answer, Some(Answer::Rating(_)))),
+        "every task ends with a rating"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
