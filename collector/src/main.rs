@@ -16,6 +16,7 @@ use careers_analyzer::{AnalyzerConfig, Database, RunningAnalyzer};
 use careers_collector::instrument::Catalog;
 use careers_collector::journal::Journal;
 use careers_collector::runner::{self, RetryPolicy, RunContext};
+use careers_collector::service::KeySources;
 use careers_collector::{outbox, study, table};
 use careers_proto::v1::analyzer_service_client::AnalyzerServiceClient;
 use careers_proto::v1::{GetSummaryRequest, StudyState};
@@ -75,6 +76,16 @@ enum Command {
             default_value = "127.0.0.1:50051"
         )]
         listen: SocketAddr,
+        /// Directory of API key files that studies created over gRPC may
+        /// name (e.g. a mounted Kubernetes secret). Without it they may name
+        /// none.
+        #[arg(long, env = "CAREERS_KEY_DIR")]
+        key_dir: Option<PathBuf>,
+        /// Environment variables that studies created over gRPC may take keys
+        /// from (repeat, or comma-separated). Anyone who can call CreateStudy
+        /// can use these keys, with a base_url of their choice.
+        #[arg(long, env = "CAREERS_KEY_ENV", value_delimiter = ',')]
+        key_env: Vec<String>,
     },
 }
 
@@ -266,11 +277,11 @@ async fn report_progress(progress: Arc<careers_collector::progress::Progress>) {
     }
 }
 
-async fn serve(cli: &Cli, listen: SocketAddr) -> Result<(), Failure> {
+async fn serve(cli: &Cli, listen: SocketAddr, keys: KeySources) -> Result<(), Failure> {
     let catalog = catalog(cli.instruments_dir.as_deref())?;
     let (ctx, embedded, url) = context(cli, catalog).await?;
     tracing::info!(analyzer = %url, "forwarding answers");
-    let server = careers_collector::server::start(listen, ctx)
+    let server = careers_collector::server::start_with_keys(listen, ctx, keys)
         .await
         .context("cannot start the collector")?;
     let stop = server.shutdown_handle();
@@ -312,7 +323,17 @@ fn main() -> ExitCode {
                 study,
                 summary_json,
             } => run(&cli, study, summary_json.as_deref()).await,
-            Command::Serve { listen } => serve(&cli, *listen).await,
+            Command::Serve {
+                listen,
+                key_dir,
+                key_env,
+            } => {
+                let keys = KeySources {
+                    dir: key_dir.clone(),
+                    env: key_env.clone(),
+                };
+                serve(&cli, *listen, keys).await
+            }
         }
     });
     match result {

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tonic::service::Routes;
 
 use crate::runner::RunContext;
-use crate::service::{Collector, CollectorGrpc};
+use crate::service::{Collector, CollectorGrpc, KeySources};
 
 /// A running collector server.
 #[derive(Debug)]
@@ -39,9 +39,20 @@ impl RunningCollector {
     }
 }
 
-/// Binds `listen` and serves the collector over `ctx` in a background task.
+/// Binds `listen` and serves the collector over `ctx` in a background task;
+/// studies created over gRPC may use no API key (see [`start_with_keys`]).
 pub async fn start(listen: SocketAddr, ctx: RunContext) -> Result<RunningCollector, ServeError> {
-    let collector = Collector::new(ctx);
+    start_with_keys(listen, ctx, KeySources::default()).await
+}
+
+/// [`start`], with the key files and variables studies created over gRPC
+/// may use.
+pub async fn start_with_keys(
+    listen: SocketAddr,
+    ctx: RunContext,
+    keys: KeySources,
+) -> Result<RunningCollector, ServeError> {
+    let collector = Collector::new(ctx, keys);
     // Studies a previous server left running carry on. Failing to read the
     // journal here is not fatal: the server still serves what it can.
     if let Err(e) = collector.resume_running().await {

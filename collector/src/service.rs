@@ -26,10 +26,71 @@ struct Running {
     cancel: watch::Sender<bool>,
 }
 
+/// Where studies created over gRPC may take API keys from. Whoever can call
+/// `CreateStudy` chooses the respondents' `base_url`, so a key the server can
+/// read is a key the caller can send anywhere: by default none may be used
+/// (keyless local servers such as Ollama still work), and an operator opens
+/// exactly the key files and variables meant for studies. Study files run by
+/// `careers-collector run` are the user's own and are not restricted.
+#[derive(Debug, Clone, Default)]
+pub struct KeySources {
+    /// Key files must lie in this directory (a mounted Kubernetes secret).
+    pub dir: Option<std::path::PathBuf>,
+    /// Environment variables that may hold keys.
+    pub env: Vec<String>,
+}
+
+impl KeySources {
+    /// Checks every respondent's key source; the error names the field.
+    pub fn check(&self, spec: &StudySpec) -> Result<(), CollectorError> {
+        use careers_proto::v1::respondent_spec::Settings;
+        for (i, r) in spec.respondents.iter().enumerate() {
+            let Some(Settings::Api(api)) = &r.settings else {
+                continue;
+            };
+            let prefix = format!("spec.respondents[{i}]");
+            if !api.api_key_env.is_empty() && !self.env.iter().any(|e| *e == api.api_key_env) {
+                return Err(CollectorError::invalid(
+                    format!("{prefix}.api_key_env"),
+                    format!(
+                        "{} is not among the variables this server lends to studies (--key-env)",
+                        api.api_key_env
+                    ),
+                ));
+            }
+            if !api.api_key_file.is_empty() {
+                let field = format!("{prefix}.api_key_file");
+                let Some(dir) = &self.dir else {
+                    return Err(CollectorError::invalid(
+                        field,
+                        "this server takes no key files (start it with --key-dir)",
+                    ));
+                };
+                // Resolved, so neither `..` nor a symbolic link leads out.
+                let inside = std::fs::canonicalize(&api.api_key_file)
+                    .ok()
+                    .zip(std::fs::canonicalize(dir).ok())
+                    .is_some_and(|(file, dir)| file.starts_with(dir));
+                if !inside {
+                    return Err(CollectorError::invalid(
+                        field,
+                        format!(
+                            "not a file in this server's key directory {}",
+                            dir.display()
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The collector's shared state.
 #[derive(Debug)]
 pub struct Collector {
     ctx: RunContext,
+    keys: KeySources,
     running: Mutex<HashMap<String, Running>>,
 }
 
@@ -38,10 +99,12 @@ fn timestamp(ms: i64) -> prost_types::Timestamp {
 }
 
 impl Collector {
-    /// State over a run context.
-    pub fn new(ctx: RunContext) -> Arc<Self> {
+    /// State over a run context; studies created over gRPC take keys only
+    /// from `keys`.
+    pub fn new(ctx: RunContext, keys: KeySources) -> Arc<Self> {
         Arc::new(Self {
             ctx,
+            keys,
             running: Mutex::new(HashMap::new()),
         })
     }
@@ -102,6 +165,7 @@ impl Collector {
         let spec = request
             .spec
             .ok_or_else(|| CollectorError::invalid("spec", "must be set"))?;
+        self.keys.check(&spec)?;
         let progress = runner::prepare(&self.ctx, &request.request_id, &spec).await?;
         let row = self
             .ctx
@@ -356,5 +420,95 @@ impl CollectorService for CollectorGrpc {
             .map(|i| i.to_proto())
             .collect();
         Ok(Response::new(ListInstrumentsResponse { instruments }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use careers_proto::v1::respondent_spec::Settings;
+    use careers_proto::v1::{ApiSettings, RespondentSpec};
+
+    fn spec_with(api: ApiSettings) -> StudySpec {
+        StudySpec {
+            name: "s".into(),
+            respondents: vec![
+                RespondentSpec::default(),
+                RespondentSpec {
+                    settings: Some(Settings::Api(api)),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        }
+    }
+
+    fn field(e: CollectorError) -> String {
+        match e {
+            CollectorError::InvalidArgument { field, .. } => field,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn grpc_studies_take_keys_only_where_the_operator_allows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keys_dir = dir.path().join("keys");
+        std::fs::create_dir(&keys_dir).expect("mkdir");
+        std::fs::write(keys_dir.join("openai"), "sk-1").expect("key");
+        std::fs::write(dir.path().join("token"), "secret").expect("other file");
+        let file = |p: &std::path::Path| {
+            spec_with(ApiSettings {
+                api_key_file: p.display().to_string(),
+                ..Default::default()
+            })
+        };
+        let env = |name: &str| {
+            spec_with(ApiSettings {
+                api_key_env: name.into(),
+                ..Default::default()
+            })
+        };
+        let keyless = spec_with(ApiSettings::default());
+
+        // By default: no key file, no variable; keyless servers are fine.
+        let none = KeySources::default();
+        assert_eq!(
+            field(
+                none.check(&file(&keys_dir.join("openai")))
+                    .expect_err("no dir")
+            ),
+            "spec.respondents[1].api_key_file"
+        );
+        assert_eq!(
+            field(none.check(&env("OPENAI_API_KEY")).expect_err("no env")),
+            "spec.respondents[1].api_key_env"
+        );
+        none.check(&keyless).expect("keyless");
+
+        let open = KeySources {
+            dir: Some(keys_dir.clone()),
+            env: vec!["OPENAI_API_KEY".into()],
+        };
+        open.check(&file(&keys_dir.join("openai")))
+            .expect("in the dir");
+        open.check(&env("OPENAI_API_KEY"))
+            .expect("allowed variable");
+        for outside in [
+            dir.path().join("token"),
+            keys_dir.join("../token"),
+            keys_dir.join("missing"),
+        ] {
+            assert_eq!(
+                field(open.check(&file(&outside)).expect_err("outside")),
+                "spec.respondents[1].api_key_file",
+                "{}",
+                outside.display()
+            );
+        }
+        assert_eq!(
+            field(open.check(&env("DATABASE_PASSWORD")).expect_err("not lent")),
+            "spec.respondents[1].api_key_env"
+        );
     }
 }
