@@ -408,9 +408,14 @@ pub async fn run(
         .map(|t| (t.task_id.to_string(), t))
         .collect();
     let pending = ctx.journal.pending(&spec.name).await?;
-    ctx.journal
-        .set_state(&spec.name, StudyState::Running, "")
-        .await?;
+    // A cancel that came before the run started (CancelStudy right after
+    // CreateStudy) has already written CANCELLED: do not undo it; the run
+    // ends at once and writes its outcome below.
+    if !*cancel.borrow() {
+        ctx.journal
+            .set_state(&spec.name, StudyState::Running, "")
+            .await?;
+    }
     tracing::info!(study = %spec.name, pending = pending.len(), total = tasks.len(), "study running");
 
     // Each answer travels with a channel the writer signals once the answer is
