@@ -49,7 +49,7 @@ impl KeySources {
                 continue;
             };
             let prefix = format!("spec.respondents[{i}]");
-            if !api.api_key_env.is_empty() && !self.env.iter().any(|e| *e == api.api_key_env) {
+            if !api.api_key_env.is_empty() && !self.env.contains(&api.api_key_env) {
                 return Err(CollectorError::invalid(
                     format!("{prefix}.api_key_env"),
                     format!(

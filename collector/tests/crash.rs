@@ -60,32 +60,22 @@ async fn kill_9_at_any_moment_then_rerun_finishes_without_asking_twice() {
             .stderr(Stdio::null())
             .spawn()
             .expect("start");
-        match threshold {
-            // As soon as the journal exists: it is writing its task rows.
-            None => {
-                let mut waited = 0;
-                while !data.join("collector.sqlite").exists() {
-                    assert!(waited < 3000, "the collector never opened its journal");
-                    assert!(
-                        child.try_wait().expect("poll").is_none(),
-                        "the collector exited before it was killed"
-                    );
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                    waited += 1;
-                }
-            }
-            Some(at) => {
-                let mut waited = 0;
-                while analyzer.analysis.summary("crash").responses < at {
-                    assert!(waited < 600, "the collector made no progress");
-                    assert!(
-                        child.try_wait().expect("poll").is_none(),
-                        "the collector exited before it was killed"
-                    );
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    waited += 1;
-                }
-            }
+        // First as soon as the journal exists (it is writing its task rows),
+        // then once the analyzer holds `at` answers.
+        let journal_path = data.join("collector.sqlite");
+        let reached = || match threshold {
+            None => journal_path.exists(),
+            Some(at) => analyzer.analysis.summary("crash").responses >= at,
+        };
+        let mut waited = 0;
+        while !reached() {
+            assert!(waited < 6000, "the collector made no progress");
+            assert!(
+                child.try_wait().expect("poll").is_none(),
+                "the collector exited before it was killed"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            waited += 1;
         }
         child.kill().expect("SIGKILL");
         child.wait().expect("reaped");

@@ -97,19 +97,7 @@ async fn a_study_through_the_collector_service_is_counted_exactly() {
     assert_eq!(created.study_id, "e2e");
     assert_eq!(created.progress.as_ref().map(|p| p.total), Some(total));
 
-    let mut progress = client
-        .watch_study(WatchStudyRequest {
-            study_id: "e2e".into(),
-            min_interval_ms: 50,
-        })
-        .await
-        .expect("watch study")
-        .into_inner();
-    let mut last = None;
-    while let Some(msg) = progress.next().await {
-        last = msg.expect("progress").study;
-    }
-    let last = last.expect("at least one progress message");
+    let last = watch_to_end(&mut client, "e2e").await;
     assert_eq!(last.state, StudyState::Completed as i32, "{last:?}");
     let p = last.progress.expect("progress");
     assert_eq!(
