@@ -235,30 +235,21 @@ pub const MAX_FACTORS: usize = 8;
 /// Most levels one factor may have.
 pub const MAX_LEVELS: usize = 64;
 
-/// Column names a factor may not take: the analyzer's built-in columns.
-pub const RESERVED_COLUMNS: &[&str] = &[
-    "response_id",
-    "study",
-    "study_id",
-    "instrument",
-    "instrument_id",
-    "construct",
-    "item",
-    "item_id",
-    "scale",
-    "respondent",
-    "provider",
-    "model",
-    "version_label",
-    "family",
-    "language",
-    "replication",
-    "rating",
-    "invalid_reason",
-    "expected_rating",
-    "attempt",
-    "administration",
-];
+/// Names of `ItemResponse` fields that are not export columns themselves
+/// but would read as one; a factor may not take them either.
+const RESERVED_FIELD_NAMES: &[&str] = &["study_id", "instrument_id", "construct", "item_id"];
+
+/// Whether a factor may not take `name` (lower case): every fixed column of
+/// the analyzer's export, which a factor column stands beside, and the field
+/// names above.
+pub fn is_reserved_column(name: &str) -> bool {
+    use careers_analyzer::export::{LEADING_COLUMNS, TRAILING_COLUMNS};
+    LEADING_COLUMNS
+        .iter()
+        .chain(TRAILING_COLUMNS)
+        .chain(RESERVED_FIELD_NAMES)
+        .any(|c| *c == name)
+}
 
 fn default_concurrency() -> u32 {
     32
@@ -667,7 +658,7 @@ fn validate_factors(spec: &StudySpec) -> Result<(), StudyError> {
                 ),
             ));
         }
-        if RESERVED_COLUMNS.contains(&name.to_ascii_lowercase().as_str()) {
+        if is_reserved_column(&name.to_ascii_lowercase()) {
             return Err(bad(
                 format!("{field}.name"),
                 format!("{name:?} is a built-in column"),
@@ -1456,6 +1447,14 @@ competence = { R = 3, I = 3, A = 3, S = 3, E = 3, C = 3 }
             invalid(&|s| s.factors[0].name = "item".into()),
             "factors[0].name: \"item\" is a built-in column"
         );
+        // Every fixed column of the export, the ones after the factor columns
+        // too: a factor named "cost" would stand beside the cost column.
+        for column in ["cost", "latency_ms", "Input_Tokens", "item_id"] {
+            assert_eq!(
+                invalid(&|s| s.factors[0].name = column.into()),
+                format!("factors[0].name: {column:?} is a built-in column")
+            );
+        }
         assert!(invalid(&|s| s.factors[1].name = "2nd".into()).starts_with("factors[1].name: "));
         assert_eq!(
             invalid(&|s| s.factors[1].name = "Persona".into()),
