@@ -691,21 +691,32 @@ fn validate_factors(spec: &StudySpec) -> Result<(), StudyError> {
                 ("instructions", &level.instructions),
                 ("preamble", &level.preamble),
             ] {
-                for (language, text) in texts {
-                    if !spec.languages.contains(language) {
-                        return Err(bad(
-                            format!("{field}.{part}.{language}"),
-                            format!("the study has no language {language:?}"),
-                        ));
-                    }
-                    if text.chars().count() > MAX_SYSTEM_PROMPT_CHARS {
-                        return Err(bad(
-                            format!("{field}.{part}.{language}"),
-                            format!("longer than {MAX_SYSTEM_PROMPT_CHARS} characters"),
-                        ));
-                    }
-                }
+                check_language_texts(&format!("{field}.{part}"), texts, &spec.languages)?;
             }
+        }
+    }
+    Ok(())
+}
+
+/// Checks texts given per language (`field.<language>`): each for one of the
+/// study's languages, none longer than a system prompt may be.
+fn check_language_texts(
+    field: &str,
+    texts: &BTreeMap<String, String>,
+    languages: &[String],
+) -> Result<(), StudyError> {
+    for (language, text) in texts {
+        if !languages.contains(language) {
+            return Err(bad(
+                format!("{field}.{language}"),
+                format!("the study has no language {language:?}"),
+            ));
+        }
+        if text.chars().count() > MAX_SYSTEM_PROMPT_CHARS {
+            return Err(bad(
+                format!("{field}.{language}"),
+                format!("longer than {MAX_SYSTEM_PROMPT_CHARS} characters"),
+            ));
         }
     }
     Ok(())
@@ -721,20 +732,11 @@ pub fn validate_for_provider(
     languages: &[String],
     prefix: &str,
 ) -> Result<(), StudyError> {
-    for (language, text) in &api.system_prompts {
-        if !languages.contains(language) {
-            return Err(bad(
-                format!("{prefix}.system_prompt.{language}"),
-                format!("the study has no language {language:?}"),
-            ));
-        }
-        if text.chars().count() > MAX_SYSTEM_PROMPT_CHARS {
-            return Err(bad(
-                format!("{prefix}.system_prompt.{language}"),
-                format!("longer than {MAX_SYSTEM_PROMPT_CHARS} characters"),
-            ));
-        }
-    }
+    check_language_texts(
+        &format!("{prefix}.system_prompt"),
+        &api.system_prompts,
+        languages,
+    )?;
     let Some(preset) = crate::provider::preset(provider) else {
         return Ok(());
     };
