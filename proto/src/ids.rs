@@ -16,13 +16,33 @@ pub fn response_id(
     item: &str,
     replication: u32,
 ) -> Uuid {
-    let mut name = Vec::with_capacity(64);
+    Uuid::new_v5(
+        &RESPONSE_NAMESPACE,
+        &task_name(study, respondent, language, instrument, item, replication),
+    )
+}
+
+/// The UUID name of a task key: each text length-prefixed, then the
+/// replication.
+fn task_name(
+    study: &str,
+    respondent: &str,
+    language: &str,
+    instrument: &str,
+    item: &str,
+    replication: u32,
+) -> Vec<u8> {
+    let mut name = Vec::with_capacity(128);
     for part in [study, respondent, language, instrument, item] {
-        name.extend_from_slice(&(part.len() as u64).to_le_bytes());
-        name.extend_from_slice(part.as_bytes());
+        push_part(&mut name, part);
     }
     name.extend_from_slice(&replication.to_le_bytes());
-    Uuid::new_v5(&RESPONSE_NAMESPACE, &name)
+    name
+}
+
+fn push_part(name: &mut Vec<u8>, part: &str) {
+    name.extend_from_slice(&(part.len() as u64).to_le_bytes());
+    name.extend_from_slice(part.as_bytes());
 }
 
 /// The response id of a task given under design-factor levels (`factor ->
@@ -41,17 +61,10 @@ pub fn response_id_with_conditions(
     if conditions.is_empty() {
         return response_id(study, respondent, language, instrument, item, replication);
     }
-    let mut name = Vec::with_capacity(128);
-    for part in [study, respondent, language, instrument, item] {
-        name.extend_from_slice(&(part.len() as u64).to_le_bytes());
-        name.extend_from_slice(part.as_bytes());
-    }
-    name.extend_from_slice(&replication.to_le_bytes());
+    let mut name = task_name(study, respondent, language, instrument, item, replication);
     for (factor, level) in conditions {
-        for part in [factor, level] {
-            name.extend_from_slice(&(part.len() as u64).to_le_bytes());
-            name.extend_from_slice(part.as_bytes());
-        }
+        push_part(&mut name, factor);
+        push_part(&mut name, level);
     }
     Uuid::new_v5(&RESPONSE_NAMESPACE, &name)
 }
@@ -69,6 +82,24 @@ mod tests {
         assert_ne!(
             response_id("ab", "c", "", "", "", 1),
             response_id("a", "bc", "", "", "", 1)
+        );
+    }
+
+    #[test]
+    fn ids_never_change() {
+        // Journals and stores key rows by these: any change to how the name
+        // is built would make a resumed study ask everything again.
+        let conditions = [("persona".to_string(), "teacher".to_string())]
+            .into_iter()
+            .collect();
+        assert_eq!(
+            response_id("paper", "gpt", "zh", "onet-ip-sf", "R01", 7).to_string(),
+            "a9c3f3e0-b57c-513b-8f81-5116b5dfcdb8"
+        );
+        assert_eq!(
+            response_id_with_conditions("paper", "gpt", "zh", "onet-ip-sf", "R01", 7, &conditions)
+                .to_string(),
+            "52e7f046-4fd8-50f0-bd9f-6625947ce106"
         );
     }
 
