@@ -528,17 +528,19 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// The interest form's option labels, rating `i + 1` at index `i`.
+    const EN: [&str; 5] = [
+        "Strongly Dislike",
+        "Dislike",
+        "Unsure",
+        "Like",
+        "Strongly Like",
+    ];
+    const ZH: [&str; 5] = ["非常不喜欢", "不喜欢", "不确定", "喜欢", "非常喜欢"];
+
     fn labels() -> Vec<(String, u32)> {
-        let en = [
-            "Strongly Dislike",
-            "Dislike",
-            "Unsure",
-            "Like",
-            "Strongly Like",
-        ];
-        let zh = ["非常不喜欢", "不喜欢", "不确定", "喜欢", "非常喜欢"];
-        en.iter()
-            .chain(zh.iter())
+        EN.iter()
+            .chain(ZH.iter())
             .enumerate()
             .map(|(i, l)| (l.to_string(), (i % 5) as u32 + 1))
             .collect()
@@ -604,25 +606,17 @@ mod tests {
     }
 
     fn render(rating: u32, style: usize) -> String {
-        let en = [
-            "Strongly Dislike",
-            "Dislike",
-            "Unsure",
-            "Like",
-            "Strongly Like",
-        ];
-        let zh = ["非常不喜欢", "不喜欢", "不确定", "喜欢", "非常喜欢"];
         let i = rating as usize - 1;
         match style % 8 {
             0 => rating.to_string(),
             1 => char::from_u32('０' as u32 + rating)
                 .map(String::from)
                 .unwrap_or_default(),
-            2 => en[i].to_string(),
-            3 => zh[i].to_string(),
-            4 => format!("I would choose {rating} ({}).", en[i]),
-            5 => format!("我的答案是：{rating}（{}）", zh[i]),
-            6 => format!("Answer: {}", en[i].to_uppercase()),
+            2 => EN[i].to_string(),
+            3 => ZH[i].to_string(),
+            4 => format!("I would choose {rating} ({}).", EN[i]),
+            5 => format!("我的答案是：{rating}（{}）", ZH[i]),
+            6 => format!("Answer: {}", EN[i].to_uppercase()),
             _ => format!("{rating}/5"),
         }
     }
@@ -893,14 +887,6 @@ mod tests {
 
     /// Activity `n` answered `rating` in one of the forms LLMs write.
     fn render_numbered(n: usize, rating: u32, style: usize) -> String {
-        let en = [
-            "Strongly Dislike",
-            "Dislike",
-            "Unsure",
-            "Like",
-            "Strongly Like",
-        ];
-        let zh = ["非常不喜欢", "不喜欢", "不确定", "喜欢", "非常喜欢"];
         let full = |s: String| -> String {
             s.chars()
                 .map(|c| match c.to_digit(10) {
@@ -913,18 +899,18 @@ mod tests {
         match style % 14 {
             0 => format!("{n}: {rating}"),
             1 => format!("{n}. {rating}"),
-            2 => format!("{n}) {}", en[i]),
-            3 => format!("{n} - {}", en[i]),
-            4 => format!("Activity {n}: {rating} ({})", en[i]),
+            2 => format!("{n}) {}", EN[i]),
+            3 => format!("{n} - {}", EN[i]),
+            4 => format!("Activity {n}: {rating} ({})", EN[i]),
             5 => format!("活动{n}：{rating}"),
             6 => full(format!("{n}：{rating}")),
             7 => format!("**{n}.** {rating}"),
             8 => format!("- {n}: {rating}"),
             9 => format!("| {n} | {rating} |"),
-            10 => format!("第{n}项：{}", zh[i]),
+            10 => format!("第{n}项：{}", ZH[i]),
             11 => format!("{n}. {rating}/5"),
-            12 => format!("{n}、{}", zh[i]),
-            _ => format!("**{n}**: {rating} ({})", en[i].to_uppercase()),
+            12 => format!("{n}、{}", ZH[i]),
+            _ => format!("**{n}**: {rating} ({})", EN[i].to_uppercase()),
         }
     }
 

@@ -226,15 +226,16 @@ fn config(provider: &str, base_url: &str) -> HttpConfig {
     }
 }
 
+/// The interest form's option labels in `language`, from the built-in
+/// instrument.
+fn options_in(language: &str) -> [String; 5] {
+    let catalog = Catalog::built_in().expect("catalog");
+    let form = catalog.get("onet-ip-sf").expect("interest form");
+    form.options[language].clone()
+}
+
 fn options() -> [String; 5] {
-    [
-        "Strongly Dislike",
-        "Dislike",
-        "Unsure",
-        "Like",
-        "Strongly Like",
-    ]
-    .map(String::from)
+    options_in("en")
 }
 
 async fn ask(provider: &dyn Provider) -> Result<Reply, ProviderError> {
@@ -1233,14 +1234,7 @@ fn rating_for(text: &str) -> u32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn personas_and_all_items_requests_reach_the_wire_and_map_back_to_items() {
     let rig = rig().await;
-    let en = [
-        "Strongly Dislike",
-        "Dislike",
-        "Unsure",
-        "Like",
-        "Strongly Like",
-    ];
-    let zh = ["非常不喜欢", "不喜欢", "不确定", "喜欢", "非常喜欢"];
+    let (en, zh) = (options_in("en"), options_in("zh"));
     // Answers every numbered activity of the prompt, a line each, in mixed
     // styles: a digit, the English label, the Chinese label (the wrong
     // language for this English study), or a markdown list item.

@@ -272,15 +272,16 @@ mod tests {
         }
     }
 
+    /// The interest form's option labels in `language`, from the built-in
+    /// instrument.
+    fn options_in(language: &str) -> [String; 5] {
+        let catalog = crate::instrument::Catalog::built_in().expect("catalog");
+        let form = catalog.get("onet-ip-sf").expect("interest form");
+        form.options[language].clone()
+    }
+
     fn options() -> [String; 5] {
-        [
-            "Strongly Dislike",
-            "Dislike",
-            "Unsure",
-            "Like",
-            "Strongly Like",
-        ]
-        .map(String::from)
+        options_in("en")
     }
 
     fn ask<'a>(id: u128, scale_index: usize, options: &'a [String; 5]) -> Ask<'a> {
@@ -336,7 +337,7 @@ mod tests {
     fn some_answers_use_the_other_languages_labels() {
         let sim = Simulated::new("sim", 7, profile()).expect("valid profile");
         let en = options();
-        let zh = ["非常不喜欢", "不喜欢", "不确定", "喜欢", "非常喜欢"].map(String::from);
+        let zh = options_in("zh");
         let labels: Vec<(String, u32)> = en
             .iter()
             .chain(zh.iter())
