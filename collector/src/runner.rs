@@ -736,6 +736,7 @@ pub fn framing<'a>(spec: &'a StudySpec, system: &str, task: &Task) -> Framing<'a
 struct Answered {
     answer: Answer,
     raw_text: String,
+    /// Normalised (see [`normalise`]).
     probabilities: Vec<OptionProbability>,
     latency: Duration,
     attempt: u32,
@@ -778,6 +779,11 @@ async fn administer(
         .options
         .get(language)
         .ok_or_else(|| ProviderError::Permanent(format!("no {language} options")))?;
+    let foreign_options = instrument
+        .options
+        .iter()
+        .find(|(l, _)| l.as_str() != language)
+        .map(|(_, o)| o);
     let labels = instrument.labels();
     let frame = framing(spec, endpoint.system_prompt_in(language), first);
     let n = unit.len();
@@ -825,11 +831,7 @@ async fn administer(
             language,
             prompt: &prompt,
             options,
-            foreign_options: instrument
-                .options
-                .iter()
-                .find(|(l, _)| l.as_str() != language)
-                .map(|(_, o)| o),
+            foreign_options,
             system: frame.system.as_deref(),
             batch: &batch,
         };
@@ -865,7 +867,7 @@ async fn administer(
         } else {
             (
                 vec![(answer::parse(&reply.text, &labels), reply.text.clone())],
-                reply.option_probabilities,
+                normalise(reply.option_probabilities),
             )
         };
         let mut still_open = Vec::new();
@@ -881,11 +883,7 @@ async fn administer(
             // probabilities; re-ask only when the answer stays unusable.
             let decides = !probabilities.is_empty()
                 && matches!(
-                    choose(
-                        answer.clone(),
-                        &normalise(probabilities.clone()),
-                        limits.rating_source
-                    ),
+                    choose(answer.clone(), &probabilities, limits.rating_source),
                     Answer::Rating(_)
                 );
             match answer {
@@ -926,7 +924,7 @@ async fn administer(
     {
         let done = done
             .ok_or_else(|| ProviderError::Permanent(format!("task {} unanswered", task.task_id)))?;
-        let probabilities = normalise(done.probabilities);
+        let probabilities = done.probabilities;
         let expected = expected_rating(&probabilities);
         let answer = choose(done.answer, &probabilities, limits.rating_source);
         let (cost, cost_currency) = match &endpoint.prices {
