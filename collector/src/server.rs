@@ -53,14 +53,15 @@ pub async fn start_with_keys(
     keys: KeySources,
 ) -> Result<RunningCollector, ServeError> {
     let collector = Collector::new(ctx, keys);
-    // Studies a previous server left running carry on. Failing to read the
-    // journal here is not fatal: the server still serves what it can.
-    if let Err(e) = collector.resume_running().await {
-        tracing::error!(error = %e, "cannot resume the running studies");
-    }
     let (shutdown, shutdown_rx) = watch::channel(false);
     let service = CollectorServiceServer::new(CollectorGrpc::new(collector.clone(), shutdown_rx));
     let server = serve::spawn(listen, SERVICE_NAME, Routes::new(service), shutdown).await?;
+    // Once the server is up (a bind failure starts nothing), studies a
+    // previous server left running carry on. Failing to read the journal
+    // here is not fatal: the server still serves what it can.
+    if let Err(e) = collector.resume_running().await {
+        tracing::error!(error = %e, "cannot resume the running studies");
+    }
     Ok(RunningCollector {
         addr: server.addr,
         collector,

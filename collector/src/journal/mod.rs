@@ -260,11 +260,24 @@ impl Journal {
         &self,
         request_id: Option<&str>,
     ) -> Result<Option<StudyRow>, JournalError> {
-        let Some(request_id) = request_id else {
-            return Ok(None);
-        };
-        let row = sqlx::query("SELECT * FROM studies WHERE request_id = ?")
-            .bind(request_id)
+        match request_id {
+            Some(id) => {
+                self.study_where("SELECT * FROM studies WHERE request_id = ?", id)
+                    .await
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The study `query` (a select on a unique column, one `?`) finds for
+    /// `value`.
+    async fn study_where(
+        &self,
+        query: &'static str,
+        value: &str,
+    ) -> Result<Option<StudyRow>, JournalError> {
+        let row = sqlx::query(query)
+            .bind(value)
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(Self::study_row).transpose()
@@ -299,11 +312,8 @@ impl Journal {
 
     /// One study.
     pub async fn study(&self, study_id: &str) -> Result<Option<StudyRow>, JournalError> {
-        let row = sqlx::query("SELECT * FROM studies WHERE study_id = ?")
-            .bind(study_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(Self::study_row).transpose()
+        self.study_where("SELECT * FROM studies WHERE study_id = ?", study_id)
+            .await
     }
 
     /// Studies newest first (ties by id), `limit` of them, starting after
