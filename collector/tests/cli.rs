@@ -12,6 +12,27 @@ fn collector() -> Command {
     cmd
 }
 
+/// Runs `study` with its journal in `data`, writing the summary JSON to
+/// `json`; asserts success and returns standard output.
+fn run_study(data: &std::path::Path, study: &std::path::Path, json: &std::path::Path) -> String {
+    let out = collector()
+        .arg("--data-dir")
+        .arg(data)
+        .arg("run")
+        .arg(study)
+        .arg("--summary-json")
+        .arg(json)
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "stdout {stdout}\nstderr {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 #[test]
 fn run_prints_the_riasec_table_and_writes_canonical_json() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -24,21 +45,7 @@ fn run_prints_the_riasec_table_and_writes_canonical_json() {
     )
     .expect("write study");
     let json = dir.path().join("summary.json");
-    let out = collector()
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("run")
-        .arg(&study)
-        .arg("--summary-json")
-        .arg(&json)
-        .output()
-        .expect("runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "stdout {stdout}\nstderr {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_study(&dir.path().join("data"), &study, &json);
     assert!(stdout.contains("onet-ip-sf: mean rating"), "{stdout}");
     assert!(
         stdout.contains("onet-ip-sf-competence: mean rating"),
@@ -147,21 +154,7 @@ preamble = { en = "Answer as yourself." }
     std::fs::write(&study, text).expect("write study");
     let data = dir.path().join("data");
     let json = dir.path().join("summary.json");
-    let out = collector()
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("run")
-        .arg(&study)
-        .arg("--summary-json")
-        .arg(&json)
-        .output()
-        .expect("runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "stdout {stdout}\nstderr {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_study(&data, &study, &json);
     // 4 respondents x 2 personas x 2 languages x 2 instruments x 60 items x 3.
     assert!(stdout.contains("5760 responses"), "{stdout}");
     assert!(stdout.contains("persona=teacher"), "{stdout}");
