@@ -1143,6 +1143,17 @@ max_retry_wait_secs = 20
         }
     }
 
+    /// The validation error of study `text` after `edit` of respondent 1's
+    /// API settings.
+    fn api_error(text: &str, edit: &dyn Fn(&mut ApiSettings)) -> String {
+        let catalog = Catalog::built_in().expect("catalog");
+        let mut spec = parse_file(text).expect("parses");
+        edit(api(&mut spec, 1));
+        validate_with_env(&spec, &catalog, &|_| None)
+            .expect_err("invalid")
+            .to_string()
+    }
+
     #[test]
     fn api_settings_come_from_the_study_file() {
         let catalog = Catalog::built_in().expect("catalog");
@@ -1173,13 +1184,7 @@ max_retry_wait_secs = 20
     #[test]
     fn api_settings_errors_name_the_field() {
         let catalog = Catalog::built_in().expect("catalog");
-        let invalid = |edit: &dyn Fn(&mut ApiSettings)| {
-            let mut spec = parse_file(API_STUDY).expect("parses");
-            edit(api(&mut spec, 1));
-            validate_with_env(&spec, &catalog, &|_| None)
-                .expect_err("invalid")
-                .to_string()
-        };
+        let invalid = |edit: &dyn Fn(&mut ApiSettings)| api_error(API_STUDY, edit);
         assert_eq!(
             invalid(&|a| a.requests_per_minute = -3.0),
             "respondents[1].requests_per_minute: -3 is negative"
@@ -1507,13 +1512,7 @@ competence = { R = 3, I = 3, A = 3, S = 3, E = 3, C = 3 }
             ),
             (0.5, 1.5, "CNY")
         );
-        let invalid = |edit: &dyn Fn(&mut ApiSettings)| {
-            let mut spec = parse_file(&priced).expect("parses");
-            edit(api(&mut spec, 1));
-            validate_with_env(&spec, &catalog, &|_| None)
-                .expect_err("invalid")
-                .to_string()
-        };
+        let invalid = |edit: &dyn Fn(&mut ApiSettings)| api_error(&priced, edit);
         assert_eq!(
             invalid(&|a| a.output_price_per_million = -1.0),
             "respondents[1].output_price_per_million: -1 is not a non-negative number"
